@@ -1,0 +1,165 @@
+"""Checkpoints: the released ReFusion/TDFusion state-dict layout and this project's own format.
+
+Every file is untrusted input: loaded with ``weights_only=True``, checked key by key, and any
+missing, unexpected or misshapen tensor is reported in one line naming the key.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError
+from .models import FusionNet, FusionNetConfig, LossGenerator, LossGeneratorConfig
+
+FORMAT_NAME = "tdfusion-edge"
+FORMAT_VERSION = 1
+MODEL_CLASSES = {"FusionNet": (FusionNet, FusionNetConfig), "LossGenerator": (LossGenerator, LossGeneratorConfig)}
+
+# Released module names → ours (FusionNet's cross-attention module and G's head were renamed).
+_RENAMES = (
+    (r"^FM\.", "fusion."),
+    (r"\.body\.", "."),
+    (r"^patch_embed1\.", "project_in_1."),
+    (r"^patch_embed2\.", "project_in_2."),
+    (r"^out1\.", "project_out_0."),
+    (r"^out2\.", "act."),
+    (r"^out3\.", "project_out_1."),
+)
+
+
+def read_torch_file(path: str | os.PathLike) -> object:
+    """``torch.load`` with ``weights_only=True`` and one-line errors for the usual failures."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds here; all mean "not a usable checkpoint"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+
+
+def convert_released_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the released layout (every conv stored twice as ``x.weight`` and ``x.conv.weight``) to ours."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"checkpoint entry {key!r} is not a tensor")
+        if key.endswith(".conv.weight") or key.endswith(".conv.bias"):
+            twin = key.replace(".conv.", ".")
+            if twin in state and not torch.equal(state[twin], value):
+                raise CheckpointError(f"checkpoint keys {key!r} and {twin!r} should hold the same tensor but differ")
+            if twin in state:
+                continue
+            key = twin
+        for pattern, repl in _RENAMES:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
+def infer_config(state: Mapping[str, torch.Tensor], kind: str = "FusionNet"):
+    """Read width, depth, heads, FFN expansion and bias off a (converted) state dict."""
+    cfg_cls = MODEL_CLASSES[kind][1]
+    try:
+        dim = state["project_in_1.weight"].shape[0]
+        blocks = len({k.split(".")[1] for k in state if k.startswith("encoder1.")})
+        heads = state["encoder1.0.attn.temperature"].shape[0]
+        expansion = state["encoder1.0.ffn.project_in.weight"].shape[0] / (2 * dim)
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint lacks {exc.args[0]!r}: not a {kind} state dict") from None
+    bias = "project_in_1.bias" in state
+    return cfg_cls(dim=dim, num_blocks=blocks, heads=heads, ffn_expansion=expansion, bias=bias)
+
+
+def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``state`` into ``model``; the first missing, unexpected or misshapen key is an error."""
+    own = model.state_dict()
+    for key in own:
+        if key not in state:
+            raise CheckpointError(f"checkpoint is missing key {key!r}")
+    for key, value in state.items():
+        if key not in own:
+            raise CheckpointError(f"checkpoint has unexpected key {key!r}")
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(f"checkpoint key {key!r} has shape {tuple(value.shape)}, "
+                                  f"model expects {tuple(own[key].shape)}")
+    model.load_state_dict(dict(state), strict=True)
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, provenance: Mapping[str, object] | None = None) -> Path:
+    """Write weights + model config + provenance atomically (temp file, then rename)."""
+    kind = type(model).__name__
+    if kind not in MODEL_CLASSES:
+        raise CheckpointError(f"cannot save a {kind}: only {', '.join(MODEL_CLASSES)} are supported")
+    prov = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    prov.update({str(k): v for k, v in (provenance or {}).items()})
+    payload = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "model": kind,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "provenance": prov,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(payload, path)
+    return path
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path`` and rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_model(path: str | os.PathLike, kind: str = "FusionNet") -> tuple[nn.Module, dict]:
+    """Load a ``kind`` network from our format or the released layout; returns (model in eval mode, info)."""
+    obj = read_torch_file(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
+    if obj.get("format") == FORMAT_NAME:
+        if obj.get("model") != kind:
+            raise CheckpointError(f"{path} holds a {obj.get('model')}, not a {kind}")
+        if int(obj.get("version", -1)) > FORMAT_VERSION:
+            raise CheckpointError(f"{path} is format version {obj.get('version')}; this build reads up to {FORMAT_VERSION}")
+        try:
+            config = MODEL_CLASSES[kind][1].from_dict(dict(obj["config"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path} has an invalid model config: {exc}") from None
+        state = obj.get("state_dict")
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"{path} has no state_dict")
+        info = {"format": FORMAT_NAME, "provenance": dict(obj.get("provenance", {}))}
+    else:
+        state = convert_released_state_dict(obj)
+        config = infer_config(state, kind)
+        info = {"format": "released", "provenance": {"source": str(path)}}
+    model = MODEL_CLASSES[kind][0](config)
+    load_state_strict(model, state)
+    info["config"] = config.to_dict()
+    return model.eval(), info
+
+
+def load_fusion_net(path: str | os.PathLike) -> FusionNet:
+    """FusionNet from any supported checkpoint, in eval mode on the CPU."""
+    return load_model(path, "FusionNet")[0]
+
+
+def default_weights_path() -> Path:
+    """The fusion weights that ship inside the package (trained by this project, see the README)."""
+    return Path(__file__).resolve().parent / "weights" / "tdfusion_edge_default.pt"

@@ -1,0 +1,59 @@
+"""``tdfusion-edge info``: versions and which backends and kernels are usable here."""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import platform
+import shutil
+
+from .common import add_command
+
+_PACKAGES = ("torch", "torchvision", "triton", "numpy", "opencv-python-headless", "onnx", "onnxruntime",
+             "ultralytics", "transformers", "tensorrt", "pycuda", "cupy")
+
+
+def add_parser(subparsers) -> None:
+    p = add_command(subparsers, "info", "print versions and the backends/kernels usable here", "tdfusion-edge info")
+    p.set_defaults(func=run)
+
+
+def _version(name: str) -> str:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def collect_info() -> dict[str, object]:
+    """Versions, devices and usable backends as a dict (also used by tests)."""
+    import torch
+
+    from tdfusion_edge import __version__
+    from tdfusion_edge.kernels import requested_backend, triton_available
+
+    info: dict[str, object] = {"tdfusion-edge": __version__, "python": platform.python_version(),
+                               "platform": platform.platform()}
+    info.update({name: _version(name) for name in _PACKAGES})
+    info["cuda available"] = torch.cuda.is_available()
+    if torch.cuda.is_available():
+        info["cuda device"] = torch.cuda.get_device_name(0)
+    info["cpu threads"] = torch.get_num_threads()
+    info["kernel backend (TDFUSION_KERNELS)"] = requested_backend()
+    info["triton kernels"] = ("usable on CUDA" if triton_available() and torch.cuda.is_available()
+                              else "installed; CPU runs the references (TRITON_INTERPRET=1 to interpret)"
+                              if triton_available() else "not available")
+    info["nvcc"] = shutil.which("nvcc") or "not found"
+    try:
+        backends = importlib.import_module("tdfusion_edge.export.backends")
+        info["fusion backends usable"] = ", ".join(backends.available_backends())
+    except (ImportError, AttributeError):
+        info["fusion backends usable"] = "torch"
+    return info
+
+
+def run(args) -> int:
+    info = collect_info()
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print(f"{key:<{width}}  {value}")
+    return 0

@@ -1,0 +1,42 @@
+"""Width / depth / head settings of the fusion network and the loss generator."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Restormer-style network size: base width, blocks per stage, heads, FFN expansion, conv bias."""
+
+    dim: int = 16
+    num_blocks: int = 2
+    heads: int = 8
+    ffn_expansion: float = 2.0
+    bias: bool = False
+
+    def to_dict(self) -> dict:
+        """Plain dict for checkpoints and logs."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "NetConfig":
+        """Build from a dict, rejecting unknown keys with a clear message."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads or (2 * self.dim) % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if self.num_blocks < 1:
+            raise ValueError("num_blocks must be at least 1")
+
+
+class FusionNetConfig(NetConfig):
+    """Size of FusionNet; the defaults are the released ReFusion/TDFusion network."""
+
+
+class LossGeneratorConfig(NetConfig):
+    """Size of the loss generator G; the defaults are the released one."""
