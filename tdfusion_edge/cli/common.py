@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from tdfusion_edge.errors import TDFusionError
 
 
@@ -24,8 +22,10 @@ def existing_dir(path: str, what: str) -> Path:
     return p
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str):
     """'auto', 'cpu' or 'cuda[:N]' → a usable torch device, or a one-line error."""
+    import torch  # imported here so light commands (eval, calibrate) start fast
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -4,10 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tdfusion_edge.data.synthetic import make_scene
 from tdfusion_edge.imaging import LoadedPair, luma_and_chroma, merge_chroma, write_image
-from tdfusion_edge.inference import fuse_pair
-from tdfusion_edge.montage import montage
 
 from .common import add_command
 
@@ -27,6 +24,8 @@ def add_parser(subparsers) -> None:
 
 def make_demo_pairs(out: Path, count: int, size: tuple[int, int], seed: int):
     """Write ``count`` synthetic pairs to out/inputs/{ir,vis} and return them as (stem, LoadedPair, scene)."""
+    from tdfusion_edge.data.synthetic import make_scene
+
     pairs = []
     for i in range(count):
         condition = "night" if i % 2 else "day"
@@ -42,6 +41,8 @@ def make_demo_pairs(out: Path, count: int, size: tuple[int, int], seed: int):
 
 def run(args) -> int:
     from tdfusion_edge.export.backends import create_backend
+    from tdfusion_edge.inference import fuse_pair
+    from tdfusion_edge.montage import montage
     from tdfusion_edge.metrics import compute_metrics, load_gray_for_metrics
     from tdfusion_edge.metrics.table import format_table, mean_row, write_csv
 
