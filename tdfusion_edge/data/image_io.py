@@ -1,0 +1,81 @@
+"""Reading dataset images: 8-bit IR luminance, visible Y (+ CrCb) by OpenCV YCrCb, label masks, headers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tdfusion_edge.errors import ImageReadError
+
+# 16-bit thermal frames are mapped to 8 bits between these percentiles (robust to hot/cold outliers).
+HIGH_DEPTH_PERCENTILES = (0.5, 99.5)
+
+
+def _decode(path: Path, flags: int) -> np.ndarray:
+    # np.fromfile + imdecode instead of imread: works with non-ASCII paths and reports failure as None
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    img = cv2.imdecode(data, flags) if data.size else None
+    if img is None:
+        raise ImageReadError(f"cannot decode image {path}")
+    return img
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """8-bit copy of an image: 16-bit/float data stretched between robust percentiles, 8-bit unchanged."""
+    if img.dtype == np.uint8:
+        return img
+    lo, hi = np.percentile(img, HIGH_DEPTH_PERCENTILES)
+    scaled = (img.astype(np.float32) - lo) * (255.0 / max(float(hi - lo), 1e-6))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """An image as 8-bit H×W luminance (colour files converted by OpenCV's BGR→GRAY, i.e. Y of YCrCb)."""
+    img = _decode(Path(path), cv2.IMREAD_UNCHANGED)
+    if img.ndim == 3:
+        if img.shape[2] == 4:
+            img = img[:, :, :3]
+        img = cv2.cvtColor(to_uint8(img), cv2.COLOR_BGR2GRAY) if img.shape[2] == 3 else img[:, :, 0]
+    return to_uint8(img)
+
+
+def read_bgr(path: str | Path) -> np.ndarray:
+    """An image as 8-bit H×W×3 BGR (gray files replicated to three channels)."""
+    img = _decode(Path(path), cv2.IMREAD_UNCHANGED)
+    if img.ndim == 2:
+        return cv2.cvtColor(to_uint8(img), cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 4:
+        img = img[:, :, :3]
+    return to_uint8(img)
+
+
+def bgr_to_ycrcb(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Y H×W, CrCb H×W×2), both uint8, by OpenCV's YCrCb conversion."""
+    ycrcb = cv2.cvtColor(bgr, cv2.COLOR_BGR2YCrCb)
+    return ycrcb[:, :, 0], ycrcb[:, :, 1:]
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A label mask as H×W integer class ids (first channel of a colour file)."""
+    img = _decode(Path(path), cv2.IMREAD_UNCHANGED)
+    if img.ndim == 3:
+        img = img[:, :, 0]
+    return img
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the file header without decoding the pixels (PIL reads headers lazily)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise ImageReadError(f"cannot open image {path}: {exc}") from None
+    if w <= 0 or h <= 0:
+        raise ImageReadError(f"image {path} has an empty size")
+    return h, w
