@@ -118,7 +118,7 @@ def test_fuse_released_weights_on_roadscene(released_weights, roadscene, tmp_pat
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    res = tdf("demo", "--out", tmp_path / "demo", "--pairs", "2", "--size", "96", "128")
+    res = tdf("demo", "--out", tmp_path / "demo", "--pairs", "2", "--size", "96", "128", "--live-frames", "6")
     assert res.returncode == 0, res.stderr
     demo = tmp_path / "demo"
     assert (demo / "montage.png").is_file() and (demo / "metrics.txt").is_file()
@@ -126,3 +126,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "EN" in text and "mean" in text
     assert len(list((demo / "fused").glob("*.png"))) == 2
     assert str(demo.resolve()) in res.stdout
+    video = cv2.VideoCapture(str(demo / "live" / "live.mp4"))
+    frames = 0
+    while video.read()[0]:
+        frames += 1
+    assert frames == 6
+    assert (demo / "live" / "stats.json").is_file()
