@@ -1,0 +1,450 @@
+"""The training loop of Algorithm 1: epochs of M meta steps then a fusion phase, with evaluation,
+weight-map images, TensorBoard scalars, atomic checkpoints, exact resume, a NaN/Inf guard and DDP.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+from tdfusion_edge.checkpoints import load_model, save_checkpoint
+from tdfusion_edge.errors import TDFusionError
+from tdfusion_edge.models import FusionNet, LossGenerator
+from tdfusion_edge.tasks import build_task, to_task_input
+
+from .ablations import FIXED_W, Ablations, WeightedAverageFusion
+from .config import TrainConfig, save_config
+from .data_stream import BatchStream, dataset_spec, eval_dataset, eval_loader, eval_split, train_loader
+from .distributed import DistContext, GradReducer, broadcast_module_, unwrap, wrap_ddp
+from .evaluation import evaluate, fixed_samples, masked_mean, weights_and_fused
+from .fusion_phase import fusion_step
+from .meta_step import LossSettings, MetaHyper, MetaNets, meta_step
+from .meters import Meters
+from .state import capture_rng, load_state, restore_rng, save_state
+from .weight_maps import save_weight_maps
+
+log = logging.getLogger("tdfusion_edge.train")
+
+
+class TrainingDiverged(TDFusionError):
+    """A loss or gradient became NaN/Inf; training stopped before writing anything from that step."""
+
+
+@dataclass
+class Position:
+    """Where the run is: the next step to take is ``step`` of ``phase`` in ``epoch`` (0-based)."""
+
+    epoch: int = 0
+    phase: str = "meta"
+    step: int = 0
+    global_step: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, NumPy and Python's ``random`` (all processes alike, so they build identical nets)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class Trainer:
+    """Build everything from a TrainConfig, then ``fit()``; rank 0 writes all files under ``out_dir``."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, device: torch.device | str = "cpu",
+                 ctx: DistContext | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.ctx = ctx or DistContext(device=torch.device(device))
+        self.device = self.ctx.device
+        self.reducer = GradReducer(self.ctx)
+        self.progress = progress and self.ctx.is_main
+        self.ablations = Ablations.from_names(cfg.ablations)
+        self.loss_settings = LossSettings(alpha=0.0 if self.ablations.no_grad_loss else cfg.alpha,
+                                          intensity_form=cfg.intensity_form,
+                                          fixed_w=FIXED_W if self.ablations.fixed_w else None)
+        self.position = Position()
+        self.meters = Meters()
+        self.history: list[dict[str, float]] = []
+        self.last_checkpoint: Path | None = None
+        self._writer = None
+        self._log_handler: logging.Handler | None = None
+
+        seed_everything(cfg.seed)
+        self.spec = dataset_spec(cfg)
+        self.loader = train_loader(cfg, self.spec, self.ctx.world_size)
+        self.stream = BatchStream(self.loader, cfg.swap, self.device)
+        self.fusion_steps = cfg.fusion_steps or len(self.loader)
+        self._build_networks()
+        self._build_optimizers()
+        self.eval_split = eval_split(self.spec)
+        self._eval_loader = None  # built on first use (a real split is scanned once, not every epoch)
+        self.samples = None
+        if self.ctx.is_main:
+            split = self.eval_split or "train"
+            self.samples = fixed_samples(eval_dataset(cfg, self.spec, split), cfg.weight_map_samples, self.device)
+
+    # ----------------------------------------------------------------------------------- building
+    def _build_networks(self) -> None:
+        cfg, dev = self.cfg, self.device
+        self.loss_gen = LossGenerator(cfg.loss_generator_config()).to(dev) if self.ablations.uses_generator else None
+        if self.ablations.weighted_average:
+            fusion: nn.Module = WeightedAverageFusion(self.loss_gen)
+        else:
+            fusion = FusionNet(cfg.fusion_net_config())
+            if cfg.init_fusion:
+                loaded, info = load_model(cfg.init_fusion, "FusionNet")
+                if loaded.config != fusion.config:
+                    raise TDFusionError(f"init_fusion {cfg.init_fusion} has size {info['config']}, "
+                                        f"but fusion_net is {cfg.fusion_net}")
+                fusion.load_state_dict(loaded.state_dict())
+        self.task_net = build_task(cfg.task, cfg.num_classes or self.spec.num_classes, cfg.task_weights,
+                                   names=self.spec.names).to(dev)
+        self.fusion = wrap_ddp(fusion.to(dev).train(), self.ctx)
+        self.task = wrap_ddp(self.task_net.train(), self.ctx)
+        if self.loss_gen is not None and not self.ablations.weighted_average:
+            broadcast_module_(self.loss_gen, self.ctx)  # G is stepped by hand, not through DDP
+
+    def _build_optimizers(self) -> None:
+        cfg = self.cfg
+        self.f_opt = torch.optim.Adam(self.fusion.parameters(), lr=cfg.lr, weight_decay=0)
+        self.t_opt = torch.optim.Adam(self.task.parameters(), lr=cfg.lr, weight_decay=0)
+        self.f_sched = torch.optim.lr_scheduler.StepLR(self.f_opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+        self.t_sched = torch.optim.lr_scheduler.StepLR(self.t_opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+        self.g_opt = self.g_sched = None
+        if self.ablations.meta_phase and cfg.g_update == "adam":
+            # eps 1e-10 as the released code's (unused) optimizer of G
+            self.g_opt = torch.optim.Adam(self.loss_gen.parameters(), lr=cfg.g_lr, eps=1e-10)
+            self.g_sched = torch.optim.lr_scheduler.StepLR(self.g_opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+
+    # ----------------------------------------------------------------------------------- helpers
+    @property
+    def f_lr(self) -> float:
+        """F's current learning rate (η_F' of the inner update, as released)."""
+        return self.f_opt.param_groups[0]["lr"]
+
+    def g_lr(self) -> float:
+        """G's step size now: the max-normalised rule follows F's schedule, as released."""
+        if self.g_opt is not None:
+            return self.g_opt.param_groups[0]["lr"]
+        return self.cfg.g_lr * self.f_lr / self.cfg.lr
+
+    def check_finite(self, name: str, value: torch.Tensor) -> None:
+        """Stop every process when ``value`` is NaN/Inf on any of them, naming the last good checkpoint."""
+        bad = not bool(torch.isfinite(value.detach()).all())
+        if self.reducer.any_true(bad):
+            p = self.position
+            where = (f"epoch {p.epoch + 1}, {p.phase} step {p.step + 1} (global step {p.global_step + 1})")
+            kept = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                    else "no checkpoint was written yet")
+            raise TrainingDiverged(f"{name} is not finite at {where}; training stopped and {kept}. "
+                                   f"Try a lower lr or g_lr, then --resume from it.")
+
+    def _fuse(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        return unwrap(self.fusion)(ir, vis)
+
+    def _tqdm(self, total: int, initial: int, desc: str):
+        return tqdm(total=total, initial=initial, desc=desc, disable=not self.progress, leave=False,
+                    dynamic_ncols=True)
+
+    # ----------------------------------------------------------------------------------- logging
+    def _open_outputs(self, resumed: bool) -> None:
+        if not self.ctx.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.out / "config.yaml")
+        self._log_handler = logging.FileHandler(self.out / "train.log")
+        self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        log.addHandler(self._log_handler)
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.INFO)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a crashed run logged after its last checkpoint
+            self._writer = SummaryWriter(str(self.out / "tensorboard"),
+                                         purge_step=self.position.global_step if resumed else None)
+        except ImportError:  # tensorboard is a dependency, but a missing one should not stop training
+            log.warning("tensorboard is not installed: no TensorBoard scalars will be written")
+
+    def _close_outputs(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._log_handler is not None:
+            log.removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+    def _scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self._writer is not None:
+            for k, v in values.items():
+                if math.isfinite(v):
+                    self._writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def _log_window(self, phase: str) -> None:
+        window = self.meters.take_window()
+        # every process calls mean_scalar in the same order (same keys), so DDP stays in step
+        window = {k: self.reducer.mean_scalar(v) for k, v in window.items()}
+        self._scalars(phase, window, self.position.global_step)
+        self._scalars("lr", {"F": self.f_lr, "G": self.g_lr()}, self.position.global_step)
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def _payload(self) -> dict[str, Any]:
+        rng = capture_rng()
+        if self.ctx.enabled:
+            all_rng: list[Any] = [None] * self.ctx.world_size
+            dist.all_gather_object(all_rng, rng)
+        else:
+            all_rng = [rng]
+        return {
+            "config": self.cfg.to_dict(),
+            "position": asdict(self.position),
+            "stream": self.stream.state_dict(),
+            "models": {"fusion": unwrap(self.fusion).state_dict(), "task": unwrap(self.task).state_dict(),
+                       "loss_gen": self.loss_gen.state_dict() if self.loss_gen is not None else None},
+            "optimizers": {"fusion": self.f_opt.state_dict(), "task": self.t_opt.state_dict(),
+                           "loss_gen": self.g_opt.state_dict() if self.g_opt is not None else None},
+            "schedulers": {"fusion": self.f_sched.state_dict(), "task": self.t_sched.state_dict(),
+                           "loss_gen": self.g_sched.state_dict() if self.g_sched is not None else None},
+            "rng": all_rng,
+            "world_size": self.ctx.world_size,
+            "meters": self.meters.state_dict(),
+            "history": self.history,
+        }
+
+    def save(self, name: str = "last.pt") -> Path | None:
+        """Write the full training state (collective under DDP; rank 0 writes). Returns the path on rank 0."""
+        payload = self._payload()
+        path = save_state(payload, self.out / name) if self.ctx.is_main else None
+        self.reducer.barrier()
+        if name == "last.pt":
+            self.last_checkpoint = self.out / name
+        return path
+
+    def _export_models(self) -> None:
+        if not self.ctx.is_main:
+            return
+        prov = {"epoch": self.position.epoch, "task": self.cfg.task, "data": self.cfg.data,
+                "ablations": ",".join(self.ablations.names()) or "none"}
+        if not self.ablations.weighted_average:
+            save_checkpoint(unwrap(self.fusion), self.out / "fusion_net.pt", prov)
+        if self.loss_gen is not None:
+            save_checkpoint(self.loss_gen, self.out / "loss_generator.pt", prov)
+
+    def load(self, path: str | Path) -> None:
+        """Restore a training state written by ``save`` (models, optimizers, schedulers, position, RNG)."""
+        state = load_state(path)
+        unwrap(self.fusion).load_state_dict(state["models"]["fusion"])
+        unwrap(self.task).load_state_dict(state["models"]["task"])
+        if self.loss_gen is not None:
+            if state["models"]["loss_gen"] is None:
+                raise TDFusionError(f"{path} has no loss generator, but this run's ablations need one")
+            self.loss_gen.load_state_dict(state["models"]["loss_gen"])
+        self.f_opt.load_state_dict(state["optimizers"]["fusion"])
+        self.t_opt.load_state_dict(state["optimizers"]["task"])
+        self.f_sched.load_state_dict(state["schedulers"]["fusion"])
+        self.t_sched.load_state_dict(state["schedulers"]["task"])
+        if self.g_opt is not None:
+            if state["optimizers"]["loss_gen"] is None:
+                raise TDFusionError(f"{path} was trained without G's Adam (g_update maxnorm); "
+                                    f"resume with --set g_update=maxnorm")
+            self.g_opt.load_state_dict(state["optimizers"]["loss_gen"])
+            self.g_sched.load_state_dict(state["schedulers"]["loss_gen"])
+        self.position = Position(**state["position"])
+        self.meters.load_state_dict(state.get("meters", {}))
+        self.history = list(state.get("history", []))
+        self.stream.load_state_dict(state["stream"])
+        rngs = state["rng"]
+        if int(state.get("world_size", 1)) != self.ctx.world_size:
+            log.warning("resuming a %s-process run on %s processes: batches and RNG streams will differ",
+                        state.get("world_size"), self.ctx.world_size)
+        restore_rng(rngs[self.ctx.rank] if self.ctx.rank < len(rngs) else rngs[0])
+        self.last_checkpoint = Path(path)
+
+    # ----------------------------------------------------------------------------------- phases
+    def _meta_nets(self) -> MetaNets:
+        return MetaNets(unwrap(self.fusion), self.loss_gen, unwrap(self.task), to_task_input)
+
+    def _after_step(self, phase: str) -> None:
+        self.position.step += 1
+        self.position.global_step += 1
+        if self.position.global_step % self.cfg.log_every == 0:
+            self._log_window(phase)
+        if self.position.global_step % self.cfg.checkpoint_every == 0:
+            self.save("last.pt")
+
+    def _fusion_step(self, batch: dict) -> dict[str, float]:
+        res = fusion_step(self.fusion, self.task, self.loss_gen, to_task_input, batch, self.f_opt, self.t_opt,
+                          self.loss_settings, self.ablations, self.check_finite)
+        return {"fusion_loss_f": res.loss_f, "fusion_loss_t": res.loss_t, "fusion_loss_t_via_f": res.loss_t_through_f}
+
+    def run_meta_phase(self) -> None:
+        """M meta steps (inner + outer update of G); with ablation IV, F and T also step on each inner batch."""
+        cfg, pos = self.cfg, self.position
+        if pos.step == 0:
+            self.stream.start_pass()
+        hyper_base = dict(inner_task_step=cfg.inner_task_step, loss=self.loss_settings)
+        if self.loss_gen is not None:
+            self.loss_gen.train()
+        with self._tqdm(cfg.meta_steps, pos.step, f"epoch {pos.epoch + 1}/{cfg.epochs} learning G") as bar:
+            while pos.step < cfg.meta_steps:
+                t0 = time.perf_counter()
+                inner, outer = self.stream.next(), self.stream.next()
+                hyper = MetaHyper(inner_lr=cfg.inner_lr or self.f_lr, task_lr=self.t_opt.param_groups[0]["lr"],
+                                  **hyper_base)
+                res = meta_step(self._meta_nets(), inner, outer, hyper, cfg.g_update, self.g_lr(), self.t_opt,
+                                self.g_opt, self.reducer, self.check_finite)
+                values = {"meta_loss_f": res.loss_f, "meta_loss_t_inner": res.loss_t_inner,
+                          "meta_loss_t_outer": res.loss_t_outer, "meta_g_grad_max": res.g_grad_max}
+                if not self.ablations.fusion_phase:
+                    values.update(self._fusion_step(inner))
+                values["sec_meta_step"] = time.perf_counter() - t0
+                self.meters.add(values)
+                bar.set_postfix(L_f=f"{res.loss_f:.4f}", L_t=f"{res.loss_t_outer:.4f}", refresh=False)
+                bar.update(1)
+                self._after_step("meta")
+
+    def run_fusion_phase(self) -> None:
+        """N fusion steps: F on L_f with G frozen, then T on L_t of F's detached output (eqs. 8–9)."""
+        pos = self.position
+        if pos.step == 0:
+            self.stream.start_pass()
+        if self.loss_gen is not None and not self.ablations.weighted_average:
+            self.loss_gen.eval()
+        with self._tqdm(self.fusion_steps, pos.step, f"epoch {pos.epoch + 1}/{self.cfg.epochs} learning F, T") as bar:
+            while pos.step < self.fusion_steps:
+                t0 = time.perf_counter()
+                values = self._fusion_step(self.stream.next())
+                values["sec_fusion_step"] = time.perf_counter() - t0
+                self.meters.add(values)
+                bar.set_postfix(L_f=f"{values['fusion_loss_f']:.4f}", L_t=f"{values['fusion_loss_t']:.4f}",
+                                refresh=False)
+                bar.update(1)
+                self._after_step("fusion")
+
+    # ----------------------------------------------------------------------------------- epoch end
+    def _weight_maps(self, epoch_label: int) -> dict[str, float]:
+        """Draw G's weights on the fixed samples (rank 0) and return their mean."""
+        if self.samples is None or self.loss_gen is None:
+            return {}
+        nets = [m for m in (unwrap(self.fusion), self.loss_gen) if m is not None]
+        modes = [m.training for m in nets]
+        for m in nets:
+            m.eval()
+        w, fused = weights_and_fused(self._fuse, self.loss_gen, self.samples)
+        for m, mode in zip(nets, modes):
+            m.train(mode)
+        save_weight_maps(self.out / "weight_maps" / f"epoch_{epoch_label:03d}.png", self.samples.ir,
+                         self.samples.vis, w, fused, title=f"G's weights after epoch {epoch_label}"
+                         if epoch_label else "G's weights before training", outlines=self.samples.ir_only)
+        out = {"w_ir_mean": float(w.mean())}
+        in_ir_only = masked_mean(w, self.samples.ir_only)
+        if math.isfinite(in_ir_only):
+            out["w_ir_in_ir_only"] = in_ir_only
+        return out
+
+    def _evaluate(self) -> dict[str, float]:
+        split = self.eval_split
+        if split is None:
+            return {}
+        nets = [m for m in (unwrap(self.fusion), unwrap(self.task)) if m is not None]
+        modes = [m.training for m in nets]
+        for m in nets:
+            m.eval()
+        try:
+            if self._eval_loader is None:
+                self._eval_loader = eval_loader(self.cfg, self.spec, split)
+            loader = self._eval_loader
+            bar = (lambda it: tqdm(it, desc=f"evaluating on {split}", leave=False, disable=not self.progress))
+            return evaluate(self._fuse, unwrap(self.task), to_task_input, loader, self.device,
+                            self.cfg.eval_samples, self.cfg.metric_samples, progress=bar)
+        finally:
+            for m, mode in zip(nets, modes):
+                m.train(mode)
+
+    def end_epoch(self) -> dict[str, float]:
+        """LR schedules step; evaluation, weight maps, the summary line; checkpoints and model files."""
+        epoch = self.position.epoch
+        self.f_sched.step()
+        self.t_sched.step()
+        if self.g_sched is not None:
+            self.g_sched.step()
+        train_means = {k: self.reducer.mean_scalar(v) for k, v in self.meters.epoch_means().items()}
+        summary = {**train_means}
+        if self.ctx.is_main:
+            if (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs:
+                summary.update({f"eval_{k}": v for k, v in self._evaluate().items()})
+            summary.update(self._weight_maps(epoch + 1))
+            self._scalars("epoch", summary, epoch + 1)
+            log.info("%s", self._summary_line(epoch, summary))
+        summary["epoch"] = float(epoch + 1)
+        self.history.append(summary)
+        self.meters.reset_epoch()
+        self.position = Position(epoch=epoch + 1, phase="meta", step=0, global_step=self.position.global_step)
+        self.save("last.pt")
+        if self.cfg.keep_epoch_checkpoints:
+            self.save(f"epoch_{epoch + 1:03d}.pt")
+        self._export_models()
+        return summary
+
+    def _summary_line(self, epoch: int, s: dict[str, float]) -> str:
+        def part(label: str, keys: list[tuple[str, str]]) -> str:
+            items = [f"{name} {s[k]:.4g}" for k, name in keys if k in s and math.isfinite(s[k])]
+            return f"{label}: " + ", ".join(items) if items else ""
+
+        parts = [
+            part("G", [("meta_loss_f", "L_f"), ("meta_loss_t_inner", "L_t inner"), ("meta_loss_t_outer", "L_t outer"),
+                       ("sec_meta_step", "s/step")]),
+            part("F,T", [("fusion_loss_f", "L_f"), ("fusion_loss_t", "L_t"), ("fusion_loss_t_via_f", "L_t via F"),
+                         ("sec_fusion_step", "s/step")]),
+            part("eval", [(k, k[5:]) for k in s if k.startswith("eval_") and k != "eval_samples"]),
+            part("weights", [("w_ir_mean", "mean w_ir"), ("w_ir_in_ir_only", "w_ir on IR-only objects")]),
+        ]
+        return f"epoch {epoch + 1}/{self.cfg.epochs} | " + " | ".join(p for p in parts if p) + f" | lr {self.f_lr:.2e}"
+
+    # ----------------------------------------------------------------------------------- the loop
+    def fit(self, resume: str | Path | None = None) -> list[dict[str, float]]:
+        """Train to ``cfg.epochs`` (continuing from ``resume`` if given); returns the per-epoch summaries."""
+        if resume is not None:
+            self.load(resume)
+        self._open_outputs(resumed=resume is not None)
+        try:
+            if self.ctx.is_main:
+                n_f = sum(p.numel() for p in unwrap(self.fusion).parameters())
+                n_g = sum(p.numel() for p in self.loss_gen.parameters()) if self.loss_gen is not None else 0
+                n_t = sum(p.numel() for p in unwrap(self.task).parameters())
+                log.info("%s training: task %s on %s, %d epochs × (%d meta + %d fusion steps), batch %d%s, "
+                         "%d process(es) on %s; F %d, G %d, T %d parameters; ablations: %s; output %s",
+                         "resumed" if resume else "starting", self.cfg.task, self.cfg.data, self.cfg.epochs,
+                         self.cfg.meta_steps if self.ablations.meta_phase else 0,
+                         self.fusion_steps if self.ablations.fusion_phase else 0, self.cfg.batch_size,
+                         " with swap" if self.cfg.swap else "", self.ctx.world_size, self.device, n_f, n_g, n_t,
+                         ", ".join(self.ablations.names()) or "none", self.out)
+                if resume is None:
+                    start = self._weight_maps(0)
+                    self.history.append({"epoch": 0.0, **start})
+                    if start:
+                        log.info("before training | %s", ", ".join(f"{k} {v:.4g}" for k, v in start.items()))
+            while self.position.epoch < self.cfg.epochs:
+                if self.position.phase == "meta":
+                    if self.ablations.meta_phase:
+                        self.run_meta_phase()
+                    self.position.phase, self.position.step = "fusion", 0
+                if self.position.phase == "fusion":
+                    if self.ablations.fusion_phase:
+                        self.run_fusion_phase()
+                    self.position.phase, self.position.step = "end", 0
+                self.end_epoch()
+            return self.history
+        finally:
+            self._close_outputs()
