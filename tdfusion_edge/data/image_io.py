@@ -67,12 +67,23 @@ def read_mask(path: str | Path) -> np.ndarray:
     return img
 
 
+def _pil_open():
+    """PIL's own ``Image.open``: ultralytics replaces it with a wrapper that tries to pip-install a
+    HEIF plugin whenever a file is not recognised, which a corrupt image in a dataset must not trigger."""
+    import sys
+
+    from PIL import Image
+
+    patches = sys.modules.get("ultralytics.utils.patches")
+    return getattr(patches, "_image_open", Image.open) if patches is not None else Image.open
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) from the file header without decoding the pixels (PIL reads headers lazily)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with _pil_open()(path) as im:
             w, h = im.size
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ImageReadError(f"cannot open image {path}: {exc}") from None
