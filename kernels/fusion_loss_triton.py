@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .autograd_utils import needs_grad, recompute_vjp
 from .fusion_loss_reference import INTENSITY_FORMS, REDUCTIONS, fusion_loss_reference
 
 # Code byte layout: bits 0-1 sign(Sx F − Tx)+1, bits 2-3 sign(Sy F − Ty)+1, bit 4 IR won x,
@@ -309,39 +310,6 @@ class _Launch:
         return partials.view(self.B, self.tiles_per_img).sum(dim=1)
 
 
-def _needs(ctx, n: int) -> list[bool]:
-    return [bool(x) for x in ctx.needs_input_grad[:n]]
-
-
-def _recompute_vjp(fn, inputs, needs, grad_outputs):
-    """VJP of the differentiable torch function ``fn`` at ``inputs``.
-
-    Inputs that already carry history are aliased (not detached) when a graph is being built,
-    so the result stays differentiable with respect to the caller's tensors.
-    """
-    create = torch.is_grad_enabled()
-    with torch.enable_grad():
-        xs = []
-        for x in inputs:
-            if x is None or not x.is_floating_point():
-                xs.append(x)
-            elif create and x.requires_grad:
-                xs.append(x.view_as(x))
-            else:
-                xs.append(x.detach().requires_grad_(True))
-        outs = fn(*xs)
-        pairs = [(o, g) for o, g in zip(outs, grad_outputs)
-                 if o is not None and g is not None and o.requires_grad]
-        wanted = [i for i, (x, n) in enumerate(zip(xs, needs)) if n and x is not None]
-        result = [None] * len(inputs)
-        if pairs and wanted:
-            grads = torch.autograd.grad([o for o, _ in pairs], [xs[i] for i in wanted],
-                                        [g for _, g in pairs], allow_unused=True, create_graph=create)
-            for i, g in zip(wanted, grads):
-                result[i] = g
-    return result
-
-
 def _double_backward_reference(alpha: float, intensity_form: str):
     """(fused, ir, vis, w_ir, g, h_f, h_i, h_v, h_w) → grads of <h, ∇L·g> from the reference."""
 
@@ -372,7 +340,7 @@ class _FusionLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         fused, ir, vis, w_ir, code = ctx.saved_tensors
-        needs = _needs(ctx, 4)
+        needs = needs_grad(ctx, 4)
         grads = _FusionLossBackward.apply(fused, ir, vis, w_ir, g, code, ctx.alpha,
                                           ctx.intensity_form, *needs)
         return (*grads, None, None)
@@ -399,7 +367,7 @@ class _FusionLossBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, h_f, h_i, h_v, h_w):
         fused, ir, vis, w_ir, g, code = ctx.saved_tensors
-        needs = _needs(ctx, 5)
+        needs = needs_grad(ctx, 5)
         grads = _FusionLossDoubleBackward.apply(fused, ir, vis, w_ir, g, h_f, h_i, h_v, h_w, code,
                                                 ctx.alpha, ctx.intensity_form, *needs)
         return (*grads, None, None, None, None, None, None, None)
@@ -434,9 +402,9 @@ class _FusionLossDoubleBackward(torch.autograd.Function):
     def backward(ctx, *upstream):
         # Third order: only for completeness (the meta step stops at second order).
         inputs = ctx.saved_tensors
-        needs = _needs(ctx, 9)
+        needs = needs_grad(ctx, 9)
         fn = _double_backward_reference(ctx.alpha, ctx.intensity_form)
-        grads = _recompute_vjp(fn, inputs, needs, upstream)
+        grads = recompute_vjp(fn, inputs, needs, upstream)
         return (*grads, *([None] * 8))
 
 

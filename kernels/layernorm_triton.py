@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .autograd_utils import needs_grad, recompute_vjp
 from .layernorm_reference import layer_norm_channels_reference
 
 
@@ -184,40 +185,6 @@ def _contiguous(x: torch.Tensor | None) -> torch.Tensor | None:
     return x if x is None else x.contiguous()
 
 
-def _needs(ctx, n: int) -> list[bool]:
-    return [bool(x) for x in ctx.needs_input_grad[:n]]
-
-
-def _recompute_vjp(fn, inputs, needs, grad_outputs):
-    """VJP of the differentiable torch function ``fn`` at ``inputs``.
-
-    Inputs that already carry history are aliased (not detached) when a graph is being built,
-    so the result stays differentiable with respect to the caller's tensors.
-    """
-    create = torch.is_grad_enabled()
-    with torch.enable_grad():
-        xs = []
-        for x in inputs:
-            if x is None or not x.is_floating_point():
-                xs.append(x)
-            elif create and x.requires_grad:
-                xs.append(x.view_as(x))
-            else:
-                xs.append(x.detach().requires_grad_(True))
-        outs = fn(*xs)
-        pairs = [(o, g) for o, g in zip(outs, grad_outputs)
-                 if o is not None and g is not None and o.requires_grad]
-        wanted = [i for i, (x, n) in enumerate(zip(xs, needs)) if n and x is not None]
-        result = [None] * len(inputs)
-        if pairs and wanted:
-            grads = torch.autograd.grad([o for o, _ in pairs], [xs[i] for i in wanted],
-                                        [g for _, g in pairs], allow_unused=True,
-                                        create_graph=create)
-            for i, g in zip(wanted, grads):
-                result[i] = g
-    return result
-
-
 def _double_backward_reference(eps: float):
     """(x, weight, dy, hx, hw, hb) → grads w.r.t. (x, weight, dy) of <h, VJP of the reference>."""
 
@@ -245,7 +212,7 @@ class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = _needs(ctx, 3)
+        need_x, need_w, need_b = needs_grad(ctx, 3)
         gx, gw, gb = _LayerNormBackward.apply(x, weight, gy, ctx.eps, need_x, need_w or need_b)
         return gx, (gw if need_w else None), (gb if need_b else None), None
 
@@ -272,7 +239,7 @@ class _LayerNormBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, hx, hw, hb):
         x, weight, gy = ctx.saved_tensors
-        grads = _LayerNormDoubleBackward.apply(x, weight, gy, hx, hw, hb, ctx.eps, *_needs(ctx, 3))
+        grads = _LayerNormDoubleBackward.apply(x, weight, gy, hx, hw, hb, ctx.eps, *needs_grad(ctx, 3))
         return (*grads, None, None, None)
 
 
@@ -302,8 +269,8 @@ class _LayerNormDoubleBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *upstream):
         # Third order: only for completeness (the meta step stops at second order).
-        grads = _recompute_vjp(_double_backward_reference(ctx.eps), ctx.saved_tensors,
-                               _needs(ctx, 6), upstream)
+        grads = recompute_vjp(_double_backward_reference(ctx.eps), ctx.saved_tensors,
+                               needs_grad(ctx, 6), upstream)
         return (*grads, None, None, None, None)
 
 

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .autograd_utils import needs_grad, recompute_vjp
 from .mdta_reference import mdta_attention_reference
 
 _EPS = tl.constexpr(1e-12)  # F.normalize's eps
@@ -565,39 +566,6 @@ def _launch_gram(plan: _Plan, q, k, v, do, hq=None, hk=None, hv=None, want_qk=Tr
     return part
 
 
-def _needs(ctx, n: int) -> list[bool]:
-    return [bool(x) for x in ctx.needs_input_grad[:n]]
-
-
-def _recompute_vjp(fn, inputs, needs, grad_outputs):
-    """VJP of the differentiable torch function ``fn`` at ``inputs``.
-
-    Inputs that already carry history are aliased (not detached) when a graph is being built,
-    so the result stays differentiable with respect to the caller's tensors.
-    """
-    create = torch.is_grad_enabled()
-    with torch.enable_grad():
-        xs = []
-        for x in inputs:
-            if x is None or not x.is_floating_point():
-                xs.append(x)
-            elif create and x.requires_grad:
-                xs.append(x.view_as(x))
-            else:
-                xs.append(x.detach().requires_grad_(True))
-        outs = fn(*xs)
-        pairs = [(o, g) for o, g in zip(outs, grad_outputs)
-                 if o is not None and g is not None and o.requires_grad]
-        wanted = [i for i, (x, n) in enumerate(zip(xs, needs)) if n and x is not None]
-        result = [None] * len(inputs)
-        if pairs and wanted:
-            grads = torch.autograd.grad([o for o, _ in pairs], [xs[i] for i in wanted],
-                                        [g for _, g in pairs], allow_unused=True, create_graph=create)
-            for i, g in zip(wanted, grads):
-                result[i] = g
-    return result
-
-
 def _double_backward_reference(q, k, v, t, do, hq, hk, hv, ht):
     """Grads w.r.t. (q, k, v, t, dO) of <h, VJP of the reference at dO>, by autograd twice."""
     out = mdta_attention_reference(q, k, v, t)
@@ -630,7 +598,7 @@ class _MDTA(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, t, stats = ctx.saved_tensors
-        return _MDTABackward.apply(q, k, v, t, do, stats, *_needs(ctx, 4))
+        return _MDTABackward.apply(q, k, v, t, do, stats, *needs_grad(ctx, 4))
 
 
 class _MDTABackward(torch.autograd.Function):
@@ -663,7 +631,7 @@ class _MDTABackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, hq, hk, hv, ht):
         q, k, v, t, do = ctx.saved_tensors
-        grads = _MDTADoubleBackward.apply(q, k, v, t, do, hq, hk, hv, ht, *_needs(ctx, 5))
+        grads = _MDTADoubleBackward.apply(q, k, v, t, do, hq, hk, hv, ht, *needs_grad(ctx, 5))
         return (*grads, None, None, None, None, None)
 
 
@@ -704,7 +672,7 @@ class _MDTADoubleBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *upstream):
         # Third order: only for completeness (the meta step stops at second order).
-        grads = _recompute_vjp(_double_backward_reference, ctx.saved_tensors, _needs(ctx, 9),
+        grads = recompute_vjp(_double_backward_reference, ctx.saved_tensors, needs_grad(ctx, 9),
                                upstream)
         return (*grads, None, None, None, None, None)
 
