@@ -44,7 +44,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "pytest-timeout", "scikit-image", "scikit-learn"],
+        "test": ["pytest", "pytest-benchmark", "pytest-timeout", "scikit-image", "scikit-learn", "sewar==0.4.10"],
         "gpu": ["tensorrt", "pycuda"],
     },
     entry_points={"console_scripts": ["tdfusion-edge=tdfusion_edge.cli:main"]},
