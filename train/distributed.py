@@ -15,6 +15,7 @@ Every collective is issued on one flattened tensor, so a step costs a handful of
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -25,6 +26,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tdfusion_edge.errors import TDFusionError
+
+log = logging.getLogger("tdfusion_edge.train")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ def wrap_ddp(module: nn.Module, ctx: DistContext) -> nn.Module:
         # Batch statistics must span the global batch for the processes to match one process.
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         return DistributedDataParallel(module, device_ids=[ctx.device.index])
+    if ctx.is_main and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        log.warning("%s has BatchNorm layers: on CPU (no SyncBatchNorm) their batch statistics are per process",
+                    type(module).__name__)
     return DistributedDataParallel(module)
 
 
