@@ -7,11 +7,14 @@ its optimizer, and reads the file back after the outer update, every meta step; 
 as a new dict with ``functional_call`` and never writes T.
 
 Run: ``pytest benchmarks/bench_meta_step.py`` (CPU or CUDA; ``TDFUSION_BENCH_ROUNDS`` sets the rounds).
-Peak memory is the process's resident high-water mark during the step (reset before each
-measurement through /proc/self/clear_refs) on CPU, ``max_memory_allocated`` on CUDA.
+Peak memory is the process's resident high-water mark during the step on CPU (freed heap handed
+back with ``malloc_trim`` and the mark reset through /proc/self/clear_refs before each step),
+``max_memory_allocated`` on CUDA; the baseline before the step (models, data) is printed beside it.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import re
 import tempfile
@@ -48,15 +51,22 @@ def _rss_peak_mib() -> float:
     return int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) / 1024
 
 
-def _reset_peak() -> bool:
+def _rss_now_mib() -> float:
+    return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+
+def _reset_peak() -> float | None:
+    """Start a peak measurement; returns the baseline (MiB) or None where peaks cannot be reset."""
     if DEVICE.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        return True
-    try:
+        return torch.cuda.memory_allocated() / 2**20
+    gc.collect()
+    try:  # hand freed heap back to the OS, or the previous step's memory would look like this one's
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")
-        return True
     except OSError:
-        return False
+        return None
+    return _rss_now_mib()
 
 
 def _peak_mib() -> float:
@@ -107,22 +117,24 @@ def released_style_meta_step(s: dict, inner: dict, outer: dict) -> float:
 
 
 def _measure(benchmark, name: str, fn) -> None:
-    fn()  # warm-up (allocator, first-call setup)
+    """Time ``fn`` (after one warm-up call; memory stays with the allocator, as in training), then
+    take one more call for its peak memory (trimming the heap first would slow the timed calls)."""
+    fn()
     _sync()
-    peaks = []
 
     def timed():
-        ok = _reset_peak()
         fn()
         _sync()
-        if ok:
-            peaks.append(_peak_mib())
 
     benchmark.pedantic(timed, rounds=ROUNDS, iterations=1)
+    base = _reset_peak()
+    fn()
+    _sync()
+    peak = _peak_mib() if base is not None else float("nan")
+    base = float("nan") if base is None else base
     stats = benchmark.stats.stats
-    peak = max(peaks) if peaks else float("nan")
-    benchmark.extra_info["peak_mib"] = peak
-    RESULTS[name] = (stats.min, stats.median, peak)
+    benchmark.extra_info.update(peak_mib=peak, baseline_mib=base)
+    RESULTS[name] = (stats.min, stats.median, peak, base)
 
 
 @pytest.mark.benchmark(group="meta step (released sizes)")
@@ -156,8 +168,9 @@ def test_report():
     if len(RESULTS) < 3:
         pytest.skip("run the whole file to get the comparison")
     print(f"\ndevice {DEVICE}, torch threads {torch.get_num_threads()}, rounds {ROUNDS}")
-    for name, (best, median, peak) in RESULTS.items():
-        print(f"  {name:42s} min {best:7.2f} s  median {median:7.2f} s   peak {peak:8.0f} MiB")
+    for name, (best, median, peak, base) in RESULTS.items():
+        print(f"  {name:42s} min {best:7.2f} s  median {median:7.2f} s   peak {peak:7.0f} MiB "
+              f"(+{peak - base:.0f} over the {base:.0f} MiB before the step)")
     ours = RESULTS["meta step, functional (ours)"]
     theirs = RESULTS["meta step, released style (T via disk)"]
     print(f"  released-style / functional meta step: time (min) {theirs[0] / ours[0]:.2f}x, "
