@@ -18,7 +18,6 @@ import gc
 import os
 import re
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
