@@ -14,6 +14,13 @@ RELEASED_WEIGHTS = SHARED / "weights" / "ReFusion_IVIF.pth"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# Without CUDA the Triton kernels can only run through Triton's CPU interpreter; the variable must be
+# set before triton is first imported, so it is set here once for the whole session.
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture
 def roadscene() -> Path:

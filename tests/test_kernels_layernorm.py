@@ -1,7 +1,7 @@
 """Triton channel LayerNorm vs ``layer_norm_channels_reference``: value, gradient, grad of grad.
 
 Without CUDA the kernels run on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``,
-set here before anything imports triton), so shapes stay tiny. With CUDA the same tests run the
+set by tests/conftest.py before anything imports triton), so shapes stay tiny. With CUDA the same tests run the
 compiled kernels on the GPU.
 """
 from __future__ import annotations
@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 

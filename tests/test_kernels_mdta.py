@@ -1,7 +1,7 @@
 """Triton MDTA attention vs ``mdta_attention_reference``: value, gradient, gradient of gradient.
 
 Without CUDA the kernels run on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``,
-set here before anything imports triton), so shapes stay tiny. With CUDA the same tests run the
+set by tests/conftest.py before anything imports triton), so shapes stay tiny. With CUDA the same tests run the
 compiled kernels on the GPU, and the ``gpu`` tests add real sizes.
 """
 from __future__ import annotations
@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 
