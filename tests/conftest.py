@@ -44,3 +44,12 @@ def cli_env() -> dict:
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TDFUSION_EDGE_CACHE", str(REPO / ".pytest_cache" / "tdfusion-cache"))
     return env
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on two shared cores a second thread mostly waits for other jobs (10× slower steps)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,6 +8,7 @@ import torch
 
 from tdfusion_edge.data import SyntheticPairs, build_dataset, make_loader, spec_from_dict, swap_pairs
 from tdfusion_edge.data.synthetic import make_scene
+from tdfusion_edge.errors import TDFusionError
 
 
 def _contrast(img: np.ndarray, region: np.ndarray, background: np.ndarray) -> float:
@@ -82,3 +83,21 @@ def test_synthetic_spec_and_loader(task):
         assert dt["bboxes"].shape[1] == 4 and float(dt["bboxes"].max()) <= 1
         assert swap_pairs(batch)["det_targets"]["batch_idx"].max() >= 2
     assert "crop_ir" not in val[0]
+
+
+def test_object_count_option_changes_scenes_and_is_validated():
+    default = make_scene(3, 72, 96)
+    same = make_scene(3, 72, 96, objects=(2, 5))  # the default range draws the same scene
+    assert np.array_equal(default.mask, same.mask) and np.array_equal(default.ir, same.ir)
+    empty = make_scene(3, 72, 96, objects=(0, 0))
+    assert len(empty.boxes) == 0 and not empty.mask.any()
+    crowded = [len(make_scene(s, 72, 96, objects=(8, 8)).boxes) for s in range(4)]
+    sparse = [len(make_scene(s, 72, 96, objects=(1, 1)).boxes) for s in range(4)]
+    assert min(crowded) > max(sparse) == 1
+    with pytest.raises(ValueError, match="objects must be"):
+        make_scene(0, 72, 96, objects=(3, 1))
+    spec = spec_from_dict({"layout": "synthetic", "train": 2, "image_size": [48, 64], "objects": [6, 6]})
+    assert spec.synthetic["objects"] == (6, 6)
+    assert len(build_dataset(spec, "train").scene(0).boxes) > 2
+    with pytest.raises(TDFusionError, match="objects must be"):
+        spec_from_dict({"layout": "synthetic", "train": 2, "objects": [4]})

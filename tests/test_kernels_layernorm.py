@@ -6,7 +6,6 @@ compiled kernels on the GPU.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -20,18 +19,12 @@ from tdfusion_edge.kernels import (  # noqa: E402
     use_triton,
 )
 from tdfusion_edge.kernels.layernorm_triton import layer_norm_channels_triton  # noqa: E402
+from sm90_compile import assert_compiles_for_sm90  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The interpreter is single-threaded numpy; torch's idle OpenMP workers spinning beside it
-    on a small shared CPU slowed these tests several-fold."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inputs(shape, dtype=torch.float64, requires_grad=False, seed=0):
@@ -180,15 +173,7 @@ print("compiled")
 @pytest.mark.slow
 def test_kernels_compile_for_sm90_without_a_gpu():
     """The interpreter accepts code a GPU compile rejects: compile for sm_90 with ptxas."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _SM90_COMPILE], env=env, capture_output=True,
-                          text=True, timeout=600)
-    if proc.returncode == 77:
-        pytest.skip("this Triton has no ASTSource/GPUTarget compile API")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_compiles_for_sm90(_SM90_COMPILE)
 
 
 @pytest.mark.gpu

@@ -181,3 +181,53 @@ def test_task_on_cuda_second_order(task):
     assert torch.isfinite(loss) and torch.isfinite(gg).all()
     preds = net.predict(images.detach())
     assert (preds.shape == (2, SIZE, SIZE)) if task == "seg" else len(preds) == 2
+
+
+def test_enet_class_weights_follow_the_labelled_shares():
+    from tdfusion_edge.tasks.class_weights import enet_class_weights
+
+    mask = torch.zeros(1, 10, 10, dtype=torch.long)
+    mask[0, :2] = 1      # 20 of 90 labelled pixels
+    mask[0, 9] = 255     # ignored row
+    w = enet_class_weights(mask, 3)
+    shares = torch.tensor([70 / 90, 20 / 90, 0.0])
+    assert torch.allclose(w, 1 / torch.log(1.02 + shares))
+    assert w[2] == w.max() and w[0] == w.min()  # the rarer the class, the larger its weight
+
+
+def test_segformer_class_weighted_loss(seg_net):
+    seg_net.eval()  # no dropout: the three losses see the same logits
+    images, mask = _images(), _mask()
+    with torch.no_grad():
+        logits = torch.nn.functional.interpolate(seg_net.logits(images), size=mask.shape[-2:], mode="bilinear",
+                                                 align_corners=False)
+        plain = seg_net(images, mask)
+        seg_net.class_weights = "enet"
+        enet = seg_net(images, mask)
+        seg_net.class_weights = (1.0, 5.0, 2.0)
+        fixed = seg_net(images, mask)
+        seg_net.class_weights = None
+    from tdfusion_edge.tasks.class_weights import enet_class_weights
+
+    ce = torch.nn.functional.cross_entropy
+    assert torch.allclose(plain, ce(logits, mask, ignore_index=255))
+    assert torch.allclose(enet, ce(logits, mask, weight=enet_class_weights(mask, 3), ignore_index=255))
+    assert torch.allclose(fixed, ce(logits, mask, weight=torch.tensor([1.0, 5.0, 2.0]), ignore_index=255))
+    assert not torch.allclose(plain, enet) and not torch.allclose(enet, fixed)
+    seg_net.train()
+
+
+def test_class_weight_settings_are_checked():
+    from tdfusion_edge.tasks.class_weights import check_class_weights
+    from tdfusion_edge.train.config import ConfigError, build_config
+
+    assert check_class_weights("none", 3) is None and check_class_weights("enet", 3) == "enet"
+    assert check_class_weights([1, 2, 3], 3) == (1.0, 2.0, 3.0)
+    for bad in ("balanced", [1, 2], [1, 0, 2]):
+        with pytest.raises(TDFusionError, match="class_weights"):
+            check_class_weights(bad, 3)
+    assert build_config(overrides=["class_weights=enet"]).class_weights == "enet"
+    with pytest.raises(ConfigError, match="segmentation task only"):
+        build_config(overrides=["task=det", "class_weights=enet"])
+    with pytest.raises(ConfigError, match="class_weights must be"):
+        build_config(overrides=["class_weights=7"])

@@ -9,12 +9,12 @@
 What the full method does with G's weights here is reported, not asserted: at this scale (tiny F,
 48×64 images, minutes) the meta-gradient reaches G only through one shared-parameter step of F, which
 spreads any per-pixel preference over the whole image, and its sign then follows T's overall
-preference for a brighter or darker image (see docs/training.md, "What G learns").
+preference for a brighter or darker image (measured with ``python -m tdfusion_edge.train.meta_probe``;
+see docs/training.md, "What G learns").
 """
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tdfusion_edge.train.config import build_config
 from tdfusion_edge.train.trainer import Trainer
@@ -23,12 +23,7 @@ TINY = "{dim: 4, num_blocks: 1, heads: 2}"
 NIGHT = "synthetic={train: 32, val: 8, image_size: [48, 64], condition: night}"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def night_config(*extra: str):

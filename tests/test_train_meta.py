@@ -6,58 +6,15 @@ import copy
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-from tdfusion_edge.models import FusionNet, FusionNetConfig, LossGenerator, LossGeneratorConfig
+from meta_nets import TinySegmenter, make_batch, make_nets
 from tdfusion_edge.train.ablations import Ablations, WeightedAverageFusion
 from tdfusion_edge.train.config import ConfigError, TrainConfig, build_config
 from tdfusion_edge.train.fusion_phase import fusion_step
-from tdfusion_edge.train.meta_step import (LossSettings, MetaHyper, MetaNets, adam_update, apply_g_update_,
+from tdfusion_edge.train.meta_step import (LossSettings, MetaHyper, adam_update, apply_g_update_,
                                            meta_gradient, meta_objective, meta_step)
 
-TINY = dict(dim=4, num_blocks=1, heads=2, ffn_expansion=2.0, bias=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two shared cores: a second intra-op thread mostly waits for the other jobs and slows steps 10x
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class TinySegmenter(nn.Module):
-    """Stand-in task net (two convs); forward(images, targets) returns the loss, as TaskNet does."""
-
-    def __init__(self, num_classes: int = 3, width: int = 6):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, num_classes, 3, padding=1)
-
-    def forward(self, images, targets):
-        return F.cross_entropy(self.conv2(torch.tanh(self.conv1(images))), targets)
-
-    @staticmethod
-    def to_task_input(fused, vis_crcb=None):
-        return fused.repeat(1, 3, 1, 1)
-
-
-def make_batch(size=10, batch=2, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ir = torch.rand(batch, 1, size, size, generator=g, dtype=dtype)
-    vis = torch.rand(batch, 1, size, size, generator=g, dtype=dtype)
-    mask = torch.randint(0, 3, (batch, size, size), generator=g)
-    return {"ir": ir, "vis": vis, "crop_ir": ir.clone(), "crop_vis": vis.clone(), "mask": mask}
-
-
-def make_nets(dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    f = FusionNet(FusionNetConfig(**TINY)).to(dtype)
-    g = LossGenerator(LossGeneratorConfig(**TINY)).to(dtype)
-    t = TinySegmenter().to(dtype)
-    return MetaNets(f, g, t, TinySegmenter.to_task_input)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("form", ["paper", "released"])

@@ -22,13 +22,7 @@ def tiny_config(**extra):
     return build_config(overrides=overrides + [f"{k}={v}" for k, v in extra.items()])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two shared cores: a second intra-op thread mostly waits for the other jobs and slows steps 10x
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Interrupt(Exception):

@@ -37,6 +37,7 @@ class TrainConfig:
     task: str = "seg"
     task_weights: str | None = None
     num_classes: int | None = None
+    class_weights: Any = None  # seg only: None (released), "enet" or one weight per class
     synthetic: dict[str, Any] = field(default_factory=dict)
     crop_size: int | None = None
     task_size: list[int] | None = None
@@ -84,6 +85,12 @@ class TrainConfig:
         _choice("intensity_form", self.intensity_form, INTENSITY_FORMS)
         for name in self.ablations:
             _choice("ablations", name, ABLATIONS)
+        if self.class_weights not in (None, "none"):
+            if self.task != "seg":
+                raise ConfigError("class_weights applies to the segmentation task only (task: seg)")
+            if not (self.class_weights == "enet" or isinstance(self.class_weights, (list, tuple))):
+                raise ConfigError(f"class_weights must be none, enet or a list of per-class weights, "
+                                  f"got {self.class_weights!r}")
         if self.crop_size is not None and self.crop_size < 8:
             raise ConfigError(f"crop_size must be at least 8, got {self.crop_size}")
         for name in ("epochs", "batch_size", "lr_step", "eval_every", "checkpoint_every", "log_every"):

@@ -107,8 +107,9 @@ class Trainer:
                     raise TDFusionError(f"init_fusion {cfg.init_fusion} has size {info['config']}, "
                                         f"but fusion_net is {cfg.fusion_net}")
                 fusion.load_state_dict(loaded.state_dict())
+        seg_options = {"class_weights": cfg.class_weights} if cfg.task == "seg" else {}
         self.task_net = build_task(cfg.task, cfg.num_classes or self.spec.num_classes, cfg.task_weights,
-                                   names=self.spec.names).to(dev)
+                                   names=self.spec.names, **seg_options).to(dev)
         self.fusion = wrap_ddp(fusion.to(dev).train(), self.ctx)
         self.task = wrap_ddp(self.task_net.train(), self.ctx)
         if self.loss_gen is not None and not self.ablations.weighted_average:

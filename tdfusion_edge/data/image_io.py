@@ -7,21 +7,10 @@ import cv2
 import numpy as np
 
 from tdfusion_edge.errors import ImageReadError
+from tdfusion_edge.imaging.io import decode_file
 
 # 16-bit thermal frames are mapped to 8 bits between these percentiles (robust to hot/cold outliers).
 HIGH_DEPTH_PERCENTILES = (0.5, 99.5)
-
-
-def _decode(path: Path, flags: int) -> np.ndarray:
-    # np.fromfile + imdecode instead of imread: works with non-ASCII paths and reports failure as None
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
-    img = cv2.imdecode(data, flags) if data.size else None
-    if img is None:
-        raise ImageReadError(f"cannot decode image {path}")
-    return img
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -35,7 +24,7 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 
 def read_gray(path: str | Path) -> np.ndarray:
     """An image as 8-bit H×W luminance (colour files converted by OpenCV's BGR→GRAY, i.e. Y of YCrCb)."""
-    img = _decode(Path(path), cv2.IMREAD_UNCHANGED)
+    img = decode_file(path)
     if img.ndim == 3:
         if img.shape[2] == 4:
             img = img[:, :, :3]
@@ -45,7 +34,7 @@ def read_gray(path: str | Path) -> np.ndarray:
 
 def read_bgr(path: str | Path) -> np.ndarray:
     """An image as 8-bit H×W×3 BGR (gray files replicated to three channels)."""
-    img = _decode(Path(path), cv2.IMREAD_UNCHANGED)
+    img = decode_file(path)
     if img.ndim == 2:
         return cv2.cvtColor(to_uint8(img), cv2.COLOR_GRAY2BGR)
     if img.shape[2] == 4:
@@ -61,7 +50,7 @@ def bgr_to_ycrcb(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A label mask as H×W integer class ids (first channel of a colour file)."""
-    img = _decode(Path(path), cv2.IMREAD_UNCHANGED)
+    img = decode_file(path)
     if img.ndim == 3:
         img = img[:, :, 0]
     return img

@@ -19,7 +19,8 @@ Keys::
     folders: {ir: ..., vis: ..., label: ..., label_kind: ...}   # override the layout's folders
 
 For ``layout: synthetic`` a split is a sample count (``train: 64``) and ``image_size: [h, w]``,
-``seed`` and ``condition`` (random | day | night) configure ``make_scene``.
+``seed``, ``condition`` (random | day | night) and ``objects`` ([min, max] people and cars per scene,
+default [2, 5]) configure ``make_scene``.
 """
 from __future__ import annotations
 
@@ -102,6 +103,15 @@ def _size(raw: Any, default: tuple[int, int], key: str, where: str) -> tuple[int
     return int(raw[0]), int(raw[1])
 
 
+def _object_range(raw: Any, where: str) -> tuple[int, int]:
+    if isinstance(raw, int):
+        raw = (raw, raw)
+    if not (isinstance(raw, (list, tuple)) and len(raw) == 2 and all(isinstance(v, int) for v in raw)
+            and 0 <= raw[0] <= raw[1]):
+        raise TDFusionError(f"{where}: objects must be [min, max] counts with 0 <= min <= max")
+    return int(raw[0]), int(raw[1])
+
+
 def _split_sources(key: str, raw: Any, root: Path, where: str) -> list[SplitSource]:
     entries = raw if isinstance(raw, list) else [raw]
     out = []
@@ -161,13 +171,14 @@ def spec_from_dict(cfg: dict, base_dir: Path | None = None, source: Path | None 
                     raise TDFusionError(f"{where}: synthetic {k} must be a positive sample count")
                 splits[k] = [SplitSource(k)]
         image_size = _size(cfg.get("image_size"), (96, 128), "image_size", where)
+        objects = _object_range(cfg.get("objects", (2, 5)), where)
         return DatasetSpec(
             layout="synthetic", task=task, root=root, names=_names(cfg.get("names"), synthetic_names(task), where),
             folders=Layout("", "", None, "none", task, image_size), splits=splits,
             task_size=_size(cfg.get("task_size"), image_size, "task_size", where),
             crop_size=int(cfg.get("crop_size", 64)), keep_empty=bool(cfg.get("keep_empty", True)),
             synthetic={"image_size": image_size, "seed": int(cfg.get("seed", 0)),
-                       "condition": str(cfg.get("condition", "random")),
+                       "condition": str(cfg.get("condition", "random")), "objects": objects,
                        "lengths": {k: int(cfg[k]) for k in splits}},
             source=source)
 

@@ -95,12 +95,17 @@ def _background(rng: np.random.Generator, h: int, w: int, night: bool, horizon: 
     return vis, ir, sky
 
 
-def make_scene(seed: int, height: int = 240, width: int = 320, condition: str = "random") -> SyntheticScene:
-    """A deterministic scene for ``seed``: ``condition`` is 'day', 'night' or 'random'."""
+def make_scene(seed: int, height: int = 240, width: int = 320, condition: str = "random",
+               objects: tuple[int, int] = (2, 5)) -> SyntheticScene:
+    """A deterministic scene for ``seed``: ``condition`` is 'day', 'night' or 'random'; ``objects`` is the
+    [min, max] number of people and cars placed (some may end up hidden behind nearer ones)."""
     if condition not in CONDITIONS + ("random",):
         raise ValueError(f"condition must be one of {CONDITIONS + ('random',)}, got {condition!r}")
     if height < 16 or width < 16:
         raise ValueError("synthetic scenes need at least 16×16 pixels")
+    lo, hi = (int(v) for v in objects)
+    if not 0 <= lo <= hi:
+        raise ValueError(f"objects must be [min, max] with 0 <= min <= max, got {list(objects)}")
     rng = np.random.default_rng(seed)
     night = bool(rng.random() < 0.5) if condition == "random" else condition == "night"
     h, w = height, width
@@ -110,7 +115,7 @@ def make_scene(seed: int, height: int = 240, width: int = 320, condition: str = 
     ir_only = np.zeros((h, w), bool)
     vis_only = np.zeros((h, w), bool)
     boxes = []
-    n_objects = int(rng.integers(2, 6))
+    n_objects = int(rng.integers(lo, hi + 1))
     # Far objects first so near ones are drawn over them.
     feet = np.sort(rng.uniform(horizon + 0.1 * (h - horizon), h - 2, n_objects))
     for foot in feet:

@@ -30,7 +30,7 @@ class SyntheticPairs(Dataset):
     def __init__(self, length: int = 64, task: str = "seg", height: int = 96, width: int = 128,
                  base_seed: int = 0, condition: str = "random", task_size: tuple[int, int] | None = None,
                  crop_size: int = 64, views: tuple[str, ...] = VIEWS, with_chroma: bool = False,
-                 with_modal_masks: bool = False):
+                 with_modal_masks: bool = False, objects: tuple[int, int] = (2, 5)):
         if task not in ("seg", "det"):
             raise TDFusionError(f"task must be 'seg' or 'det', got {task!r}")
         if length < 1:
@@ -40,6 +40,7 @@ class SyntheticPairs(Dataset):
         self.task_size = tuple(task_size) if task_size else None
         self.crop_size, self.views, self.with_chroma = crop_size, tuple(views), with_chroma
         self.with_modal_masks = with_modal_masks
+        self.objects = (int(objects[0]), int(objects[1]))
         self.names = synthetic_names(task)
         self.report = ScanReport(split=f"synthetic-{task}", found=self.length, usable=self.length)
 
@@ -57,7 +58,7 @@ class SyntheticPairs(Dataset):
 
         if not 0 <= index < self.length:
             raise IndexError(index)
-        return make_scene(self.base_seed + index, self.height, self.width, self.condition)
+        return make_scene(self.base_seed + index, self.height, self.width, self.condition, self.objects)
 
     def __getitem__(self, item) -> dict:
         index, epoch, seed = unpack_key(item)

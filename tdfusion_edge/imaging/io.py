@@ -12,15 +12,24 @@ from tdfusion_edge.errors import ImageReadError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Image as stored: uint8 or uint16, H×W (gray) or H×W×3 (BGR); alpha is dropped."""
+def decode_file(path: str | os.PathLike, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """The decoded pixels of an image file, or ImageReadError naming a missing, unreadable or corrupt file."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)  # fromfile + imdecode copes with non-ASCII paths
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)  # fromfile + imdecode copes with non-ASCII paths
+    except OSError as exc:
+        raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    img = cv2.imdecode(data, flags) if data.size else None
     if img is None:
         raise ImageReadError(f"cannot decode image (corrupt or unsupported format): {path}")
+    return img
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Image as stored: uint8 or uint16, H×W (gray) or H×W×3 (BGR); alpha is dropped."""
+    img = decode_file(path)
     if img.dtype not in (np.uint8, np.uint16):
         raise ImageReadError(f"unsupported pixel type {img.dtype} in {path}; expected 8- or 16-bit")
     if img.ndim == 3 and img.shape[2] == 4:

@@ -1,4 +1,5 @@
-"""SegFormerTask: SegFormer-B0 (``transformers``) with a cross-entropy loss, ignore index 255."""
+"""SegFormerTask: SegFormer-B0 (``transformers``) with a cross-entropy loss, ignore index 255,
+optionally weighted per class (``class_weights``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from tdfusion_edge.errors import TDFusionError
 
 from .base import TaskNet, eval_mode
+from .class_weights import check_class_weights, enet_class_weights
 
 # MiT-B0 encoder and its all-MLP decoder (SegFormer paper, table 6).
 B0 = dict(num_channels=3, num_encoder_blocks=4, depths=[2, 2, 2, 2], sr_ratios=[8, 4, 2, 1],
@@ -50,15 +52,19 @@ class SegFormerTask(TaskNet):
     Logits (stride 4) are upsampled bilinearly with ``align_corners=False`` (transformers' convention;
     the released code uses ``True``). Inputs are normalised with ImageNet statistics only when
     ``normalize`` is on (default: on for pretrained weights, off when built from scratch, as released).
+    ``class_weights``: None (plain cross-entropy, as released), ``"enet"`` (per-batch 1/ln(1.02 + class
+    share)) or one weight per class.
     """
 
     task = "seg"
     target_key = "mask"
 
     def __init__(self, num_classes: int, weights: str | Path | None = None, names: Sequence[str] | None = None,
-                 ignore_index: int = 255, normalize: bool | None = None):
+                 ignore_index: int = 255, normalize: bool | None = None,
+                 class_weights: str | Sequence[float] | None = None):
         super().__init__(num_classes, tuple(names) if names else None)
         self.ignore_index = ignore_index
+        self.class_weights = check_class_weights(class_weights, num_classes)
         self.model = build_segformer(num_classes, weights, ignore_index)
         self.normalize = (weights is not None) if normalize is None else bool(normalize)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -73,7 +79,15 @@ class SegFormerTask(TaskNet):
         mask = self.targets(targets).to(images.device, torch.long)
         logits = self.logits(images)
         logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(logits, mask, ignore_index=self.ignore_index)
+        return F.cross_entropy(logits, mask, weight=self.loss_weights(mask), ignore_index=self.ignore_index)
+
+    def loss_weights(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """The per-class weights of the loss on ``mask`` (None: unweighted)."""
+        if self.class_weights is None:
+            return None
+        if self.class_weights == "enet":
+            return enet_class_weights(mask, self.num_classes, self.ignore_index)
+        return torch.tensor(self.class_weights, dtype=torch.float32, device=mask.device)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
