@@ -22,6 +22,7 @@ from tdfusion_edge.data.collate import collate_fn, swap_pairs
 from tdfusion_edge.errors import TDFusionError
 
 from .config import build_config
+from .data_stream import eval_dataset, to_device
 from .meta_step import MetaHyper, inner_fusion_update, meta_gradient, params_and_buffers
 
 
@@ -89,16 +90,22 @@ def probe_batches(dataset, pairs: int, swap: bool, device: torch.device):
     if not hasattr(dataset, "with_modal_masks"):
         raise TDFusionError("the probe needs scenes whose IR-only objects are known: use data=synthetic")
     dataset.with_modal_masks = True
-    usable = [i for i in range(len(dataset)) if dataset[i]["ir_only"].any()]
-    if len(usable) < 2 * pairs:
-        raise TDFusionError(f"the probe needs {2 * pairs} scenes with IR-only objects, the split has {len(usable)} "
+    scenes = []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        if sample["ir_only"].any():
+            scenes.append(sample)
+            if len(scenes) == 2 * pairs:
+                break
+    if len(scenes) < 2 * pairs:
+        raise TDFusionError(f"the probe needs {2 * pairs} scenes with IR-only objects, the split has {len(scenes)} "
                             f"(use condition: night, or more val samples)")
     for k in range(pairs):
         batches = []
-        for i in usable[2 * k:2 * k + 2]:
-            b = collate_fn([dataset[i]])
+        for sample in scenes[2 * k:2 * k + 2]:
+            b = collate_fn([sample])
             b = swap_pairs(b) if swap else b
-            batches.append({key: v.to(device) if isinstance(v, torch.Tensor) else v for key, v in b.items()})
+            batches.append(to_device(b, device))
         yield batches[0], batches[1]
 
 
@@ -110,17 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=int, default=0, help="fusion steps (F on L_f, T on L_t) before probing")
     parser.add_argument("--pairs", type=int, default=4, help="meta-train/meta-test pairs to probe")
     args = parser.parse_args(argv)
-    from .data_stream import eval_dataset
     from .trainer import Trainer
 
     try:
         cfg = build_config(args.config, args.overrides)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(cfg, tmp, progress=False)
-            trainer.stream.start_pass()
-            for _ in range(args.warm):
-                trainer._fusion_step(trainer.stream.next())
-            nets = trainer._meta_nets()
+            trainer.warm_up(args.warm)
+            nets = trainer.meta_nets()
             hyper = MetaHyper(inner_lr=cfg.inner_lr or trainer.f_lr, task_lr=trainer.t_opt.param_groups[0]["lr"],
                               inner_task_step=cfg.inner_task_step, loss=trainer.loss_settings)
             dataset = eval_dataset(cfg, trainer.spec, trainer.eval_split or "train")

@@ -273,7 +273,8 @@ class Trainer:
         self.last_checkpoint = Path(path)
 
     # ----------------------------------------------------------------------------------- phases
-    def _meta_nets(self) -> MetaNets:
+    def meta_nets(self) -> MetaNets:
+        """F, G and T unwrapped from DDP, with T's input adapter: what a meta step works on."""
         return MetaNets(unwrap(self.fusion), self.loss_gen, unwrap(self.task), to_task_input)
 
     def _after_step(self, phase: str) -> None:
@@ -289,6 +290,12 @@ class Trainer:
                           self.loss_settings, self.ablations, self.check_finite)
         return {"fusion_loss_f": res.loss_f, "fusion_loss_t": res.loss_t, "fusion_loss_t_via_f": res.loss_t_through_f}
 
+    def warm_up(self, steps: int) -> None:
+        """``steps`` fusion steps (F on L_f, T on L_t) on the next batches, outside the epoch schedule."""
+        self.stream.start_pass()
+        for _ in range(steps):
+            self._fusion_step(self.stream.next())
+
     def run_meta_phase(self) -> None:
         """M meta steps (inner + outer update of G); with ablation IV, F and T also step on each inner batch."""
         cfg, pos = self.cfg, self.position
@@ -303,7 +310,7 @@ class Trainer:
                 inner, outer = self.stream.next(), self.stream.next()
                 hyper = MetaHyper(inner_lr=cfg.inner_lr or self.f_lr, task_lr=self.t_opt.param_groups[0]["lr"],
                                   **hyper_base)
-                res = meta_step(self._meta_nets(), inner, outer, hyper, cfg.g_update, self.g_lr(), self.t_opt,
+                res = meta_step(self.meta_nets(), inner, outer, hyper, cfg.g_update, self.g_lr(), self.t_opt,
                                 self.g_opt, self.reducer, self.check_finite)
                 values = {"meta_loss_f": res.loss_f, "meta_loss_t_inner": res.loss_t_inner,
                           "meta_loss_t_outer": res.loss_t_outer, "meta_g_grad_max": res.g_grad_max}

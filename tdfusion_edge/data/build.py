@@ -35,7 +35,7 @@ def build_dataset(spec: DatasetSpec | str | Path, split: str = "train", *, views
         return SyntheticPairs(length=syn["lengths"][split], task=spec.task, height=syn["image_size"][0],
                               width=syn["image_size"][1], base_seed=syn["seed"] + offset,
                               condition=syn["condition"], task_size=size, crop_size=crop, views=views,
-                              with_chroma=with_chroma, objects=syn.get("objects", (2, 5)))
+                              with_chroma=with_chroma, objects=syn["objects"])
     from .dataset import PairDataset
     from .scan import scan_split
 

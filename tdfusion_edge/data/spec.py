@@ -162,6 +162,7 @@ def spec_from_dict(cfg: dict, base_dir: Path | None = None, source: Path | None 
         task = str(cfg.get("task", "seg"))
         if task not in TASKS:
             raise TDFusionError(f"{where}: task must be one of {', '.join(TASKS)}")
+        from .synthetic import DEFAULT_OBJECTS
         from .synthetic_pairs import synthetic_names
 
         splits = {}
@@ -171,7 +172,7 @@ def spec_from_dict(cfg: dict, base_dir: Path | None = None, source: Path | None 
                     raise TDFusionError(f"{where}: synthetic {k} must be a positive sample count")
                 splits[k] = [SplitSource(k)]
         image_size = _size(cfg.get("image_size"), (96, 128), "image_size", where)
-        objects = _object_range(cfg.get("objects", (2, 5)), where)
+        objects = _object_range(cfg.get("objects", DEFAULT_OBJECTS), where)
         return DatasetSpec(
             layout="synthetic", task=task, root=root, names=_names(cfg.get("names"), synthetic_names(task), where),
             folders=Layout("", "", None, "none", task, image_size), splits=splits,

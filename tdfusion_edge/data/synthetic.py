@@ -14,6 +14,7 @@ import numpy as np
 SEG_CLASSES = ("background", "person", "car")
 DET_CLASSES = ("person", "car")
 CONDITIONS = ("day", "night")
+DEFAULT_OBJECTS = (2, 5)  # [min, max] people and cars per scene
 
 
 @dataclass
@@ -96,7 +97,7 @@ def _background(rng: np.random.Generator, h: int, w: int, night: bool, horizon: 
 
 
 def make_scene(seed: int, height: int = 240, width: int = 320, condition: str = "random",
-               objects: tuple[int, int] = (2, 5)) -> SyntheticScene:
+               objects: tuple[int, int] = DEFAULT_OBJECTS) -> SyntheticScene:
     """A deterministic scene for ``seed``: ``condition`` is 'day', 'night' or 'random'; ``objects`` is the
     [min, max] number of people and cars placed (some may end up hidden behind nearer ones)."""
     if condition not in CONDITIONS + ("random",):

@@ -10,6 +10,7 @@ from tdfusion_edge.errors import TDFusionError
 from .dataset import sample_rng, unpack_key
 from .report import ScanReport
 from .sample import VIEWS, build_sample
+from .synthetic import DEFAULT_OBJECTS
 from .transforms import resize_mask
 
 
@@ -30,7 +31,7 @@ class SyntheticPairs(Dataset):
     def __init__(self, length: int = 64, task: str = "seg", height: int = 96, width: int = 128,
                  base_seed: int = 0, condition: str = "random", task_size: tuple[int, int] | None = None,
                  crop_size: int = 64, views: tuple[str, ...] = VIEWS, with_chroma: bool = False,
-                 with_modal_masks: bool = False, objects: tuple[int, int] = (2, 5)):
+                 with_modal_masks: bool = False, objects: tuple[int, int] = DEFAULT_OBJECTS):
         if task not in ("seg", "det"):
             raise TDFusionError(f"task must be 'seg' or 'det', got {task!r}")
         if length < 1:
