@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from tdfusion_edge.errors import TDFusionError
-
 from .common import add_command
 
 EXAMPLE = ("tdfusion-edge live --ir /dev/video1 --vis /dev/video0 --homography H.yaml --det yolov8n.pt "
@@ -66,13 +64,9 @@ def parse_hw(text: str | None) -> tuple[int, int] | None:
     """'240x320' → (240, 320); None stays None."""
     if not text:
         return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise TDFusionError(f"--size {text!r} should look like HEIGHTxWIDTH, e.g. 240x320") from None
-    if h < 16 or w < 16:
-        raise TDFusionError(f"--size {text!r} is too small")
-    return h, w
+    from tdfusion_edge.apps.synthetic_stream import parse_hw as parse_size
+
+    return parse_size(text)
 
 
 def config_from_args(args):
