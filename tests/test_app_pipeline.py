@@ -22,7 +22,6 @@ from tdfusion_edge.errors import TDFusionError
 from tdfusion_edge.imaging import write_image
 
 
-
 class MaxBackend:
     """A trivial fusion rule for tests about plumbing, not about the network."""
 

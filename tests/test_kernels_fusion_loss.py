@@ -220,22 +220,8 @@ def test_gpu_real_size_meta_step(form):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
 
 
+# run after the prelude of tests/sm90_compile.py, with the kernel module as ``m``
 _SM90_COMPILE = r"""
-import sys
-import triton
-import triton.language as tl
-try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-except ImportError:
-    sys.exit(77)
-from tdfusion_edge.kernels import fusion_loss_triton as m
-
-def compile_sm90(jf, types, consts):
-    sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in jf.arg_names}
-    triton.compile(ASTSource(fn=jf, signature=sig, constexprs=consts),
-                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-
 # every flag combination in fp32; fp64 compute; bf16 storage.
 for dt, comp, variants in (("fp32", tl.float32, (True, False)), ("fp64", tl.float64, (True,)),
                            ("bf16", tl.float32, (False,))):
@@ -258,4 +244,4 @@ print("compiled")
 @pytest.mark.slow
 def test_kernels_compile_for_sm90_without_a_gpu():
     """The interpreter accepts code a GPU compile rejects: compile for sm_90 with ptxas."""
-    assert_compiles_for_sm90(_SM90_COMPILE)
+    assert_compiles_for_sm90("fusion_loss_triton", _SM90_COMPILE)

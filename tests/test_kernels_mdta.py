@@ -258,22 +258,8 @@ def test_gpu_real_size_double_backward(width, size):
         assert ((a - b).abs().max() / scale).item() < 1e-3
 
 
+# run after the prelude of tests/sm90_compile.py, with the kernel module as ``m``
 _SM90_COMPILE = r"""
-import sys
-import triton
-import triton.language as tl
-try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-except ImportError:
-    sys.exit(77)
-from tdfusion_edge.kernels import mdta_triton as m
-
-def compile_sm90(jf, types, consts):
-    sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in jf.arg_names}
-    triton.compile(ASTSource(fn=jf, signature=sig, constexprs=consts),
-                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-
 # C = 4 with every flag combination; the padded C = 3 in fp64; C = 2 from fp16 storage.
 for dt, comp, c, variants in (("fp32", tl.float32, 4, (True, False)),
                               ("fp64", tl.float64, 3, (True,)), ("fp16", tl.float32, 2, (True,))):
@@ -306,4 +292,4 @@ print("compiled")
 @pytest.mark.slow
 def test_kernels_compile_for_sm90_without_a_gpu():
     """The interpreter accepts code a GPU compile rejects: compile for sm_90 with ptxas."""
-    assert_compiles_for_sm90(_SM90_COMPILE)
+    assert_compiles_for_sm90("mdta_triton", _SM90_COMPILE)
