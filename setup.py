@@ -9,6 +9,7 @@ PACKAGES = {
     "tdfusion_edge.imaging": "tdfusion_edge/imaging",
     "tdfusion_edge.data": "tdfusion_edge/data",
     "tdfusion_edge.tasks": "tdfusion_edge/tasks",
+    "tdfusion_edge.validation": "tdfusion_edge/validation",
     "tdfusion_edge.kernels": "kernels",
     "tdfusion_edge.kernels.cuda": "kernels/cuda",
     "tdfusion_edge.train": "train",

@@ -1,5 +1,6 @@
-"""YOLOv8 detection on the fused frame: an ultralytics model (.pt / .yaml) or an exported one
-(.onnx / .engine, run by ultralytics' AutoBackend), or nothing at all (``--det none``)."""
+"""YOLOv8 detection on the fused frame: an ultralytics model (.pt / .yaml / own format, loaded by
+``tdfusion_edge.validation.detector`` so that no file runs code) or an exported one (.onnx / .engine,
+run by ultralytics' AutoBackend), or nothing at all (``--det none``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tdfusion_edge.errors import TDFusionError
+from tdfusion_edge.validation.detector import check_detector_spec, load_detector_model
 
 
 @dataclass
@@ -55,13 +57,15 @@ class YoloDetector:
             raise TDFusionError("detection needs the 'ultralytics' package (pip install ultralytics), "
                                 "or run with --det none") from None
         self.name = Path(weights).name
-        try:
-            self.model = YOLO(weights, task="detect")
-        except Exception as exc:  # offline downloads, bad files and wrong tasks all end here
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise TDFusionError(
-                f"cannot load detector {weights!r}: {first}. Offline? Pass a local .pt/.onnx/.engine path, "
-                f"'--det {Path(weights).stem}.yaml' for an untrained network (timing only), or '--det none'") from None
+        spec = check_detector_spec(weights, deep=False)  # refuses unsafe .pt files and bad yamls before any load
+        if spec.kind == "exported":
+            try:
+                self.model = YOLO(spec.path, task="detect")
+            except Exception as exc:  # a damaged or foreign .onnx/.engine
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise TDFusionError(f"cannot load detector {weights!r}: {first[:160]}") from None
+        else:
+            self.model = _wrap_for_predict(YOLO, load_detector_model(spec))
         self.imgsz = imgsz
         self.conf, self.iou, self.half = conf, iou, half
         self.device = None if device == "auto" else device.replace("cuda:", "")
@@ -86,9 +90,20 @@ class YoloDetector:
         self.model = None
 
 
+def _wrap_for_predict(yolo_cls, model):
+    """An ultralytics ``YOLO`` object around an already loaded DetectionModel (its predict pipeline)."""
+    # YOLO(...) only builds from a path; build the smallest shipped net and swap ours in, so the
+    # checkpoint itself never reaches ultralytics' (unsafe) loader.
+    wrapper = yolo_cls("yolov8n.yaml", task="detect")
+    wrapper.model = model
+    wrapper.ckpt = {}
+    wrapper.ckpt_path = getattr(model, "pt_path", None)
+    return wrapper
+
+
 def create_detector(spec: str | None, imgsz=None, conf: float = 0.25, iou: float = 0.45, device: str = "auto",
                     half: bool = False):
-    """'none' (or empty) → NoDetector; anything else is a weights path/name for ultralytics."""
+    """'none' (or empty) → NoDetector; anything else is a detector file or yaml (checked first)."""
     if not spec or spec.lower() == "none":
         return NoDetector()
     return YoloDetector(spec, imgsz=imgsz, conf=conf, iou=iou, device=device, half=half)

@@ -9,16 +9,36 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tdfusion_edge.errors import TDFusionError
+
 log = logging.getLogger(__name__)
+
+# What a viewer that closes its tab, loses its network or hangs up mid-request raises on our side.
+_HANGUP = (ConnectionError, TimeoutError)
 
 BOUNDARY = "tdfusionframe"
 _PAGE = b"""<!doctype html><html><head><title>tdfusion-edge live</title></head>
 <body style="margin:0;background:#111;color:#ddd;font-family:sans-serif">
 <img src="/stream.mjpg" style="max-width:100%;display:block;margin:auto">
 </body></html>"""
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """Logs a client's failure in one line (hang-ups at debug level) instead of printing a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _HANGUP):
+            log.debug("mjpeg client %s hung up: %s", client_address[0], exc)
+        else:
+            log.warning("mjpeg client %s: %s: %s", client_address[0], type(exc).__name__, exc)
+            log.debug("mjpeg client error", exc_info=exc)
 
 
 class MjpegServer:
@@ -79,11 +99,15 @@ class MjpegServer:
                                          f"Content-Length: {len(jpeg)}\r\n\r\n".encode())
                         self.wfile.write(jpeg)
                         self.wfile.write(b"\r\n")
-                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                except _HANGUP:
                     return  # the viewer went away
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise TDFusionError(f"MJPEG port must be a whole number in 1..65535 (0: any free port), got {port!r}")
+        try:
+            self.httpd = _QuietHTTPServer((host, port), Handler)
+        except OSError as exc:  # port in use, no permission (< 1024), unknown host
+            raise TDFusionError(f"cannot serve MJPEG on {host}:{port}: {exc.strerror or exc}") from None
         self.host, self.port = self.httpd.server_address[:2]
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="mjpeg-server", daemon=True)

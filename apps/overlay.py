@@ -61,9 +61,15 @@ def hud_lines(fps: float, stage_ms: dict[str, float], dropped: int, unmatched: i
     stages = " ".join(f"{k[:4]} {stage_ms[k]:.0f}" for k in order if k in stage_ms)
     sources = " ".join(f"{k} {v:.0f}" for k, v in source_fps.items())
     lines = [f"{fps:5.1f} FPS (in: {sources})" + (f" skew {skew_ms:+.0f}ms" if skew_ms is not None else ""),
-             f"ms: {stages}", f"dropped {dropped} unmatched {unmatched}"]
+             f"ms: {stages}" + _latency(stage_ms), f"dropped {dropped} unmatched {unmatched}"]
     alerts = {"ir_only": ["VISIBLE LOST - IR only"], "vis_only": ["IR LOST - visible only"]}.get(mode, [])
     return lines, alerts
+
+
+def _latency(stage_ms: dict[str, float]) -> str:
+    """' | lat N' : capture-to-output when known (live clocks), else pair-to-output."""
+    ms = stage_ms.get("e2e", stage_ms.get("pipeline"))
+    return "" if ms is None else f" | lat {ms:.0f}"
 
 
 def to_bgr(img: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tdfusion_edge.errors import TDFusionError
+from tdfusion_edge.imaging.color import is_flat_pair
 
 from .detection import Detections, create_detector
 from .frames import IR, ROLES, VIS, FrameSet
@@ -24,6 +25,7 @@ from .registration import Homography, check_homography, load_homography
 from .runtime import set_threads, tune_allocator
 from .sinks import FrameFolderSink, JsonlSink, MjpegSink, VideoFileSink, WindowSink, has_display
 from .sources import FrameSource, open_source
+from .overlap import open_frames
 from .stats import LatencyHistogram, LiveStats, RateMeter, StageTimer, rss_mb
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class LiveConfig:
     max_skew_ms: float = 40.0
     stall_timeout: float | None = None            # s without frames before a live source counts as down
     queue_size: int = 2
+    overlap: bool | None = None                   # detect frame n while fusing n+1; None: on with a CPU detector
+    calib: str | None = None                      # real pairs to calibrate INT8 on (onnxruntime-int8, auto)
     max_frames: int | None = None
     duration: float | None = None                 # seconds
     view: str = "fused"                           # 'fused' or 'side-by-side'
@@ -94,13 +98,24 @@ class Geometry:
         self.m_vis = self.m_ir = None
         self.content: tuple[int, int, int, int] | None = None  # letterboxed image area, None = whole grid
         self._ir_hw: tuple[int, int] | None = None
+        self.vis_ref_hw: tuple[int, int] | None = None  # first visible size: what the homography maps onto
+        self.resolution_changes = 0
         self.warnings: list[str] = []
 
     def update(self, ir_hw: tuple[int, int] | None, vis_hw: tuple[int, int] | None) -> None:
-        """Fix the geometry at the first visible frame; IR frames before it get a provisional one."""
-        if vis_hw is not None and self.vis_hw is None:
+        """Fix the grid at the first visible frame (IR frames before it get a provisional one); a visible
+        stream that later changes resolution keeps the grid and gets its letterbox and IR warp re-derived."""
+        if vis_hw is not None and vis_hw != self.vis_hw:
+            if self.vis_hw is None:
+                self.vis_ref_hw = vis_hw
+                self.grid = tuple(self.requested or vis_hw)
+            else:
+                self.resolution_changes += 1
+                (log.warning if self.resolution_changes == 1 else log.debug)(
+                    "visible stream changed resolution %dx%d -> %dx%d; re-deriving its geometry (output stays "
+                    "%dx%d; counted in the stats)", self.vis_hw[1], self.vis_hw[0], vis_hw[1], vis_hw[0],
+                    self.grid[1], self.grid[0])
             self.vis_hw = vis_hw
-            self.grid = tuple(self.requested or vis_hw)
             self.m_vis = sampling_matrix(letterbox_matrix(vis_hw, self.grid))
             box = content_box(vis_hw, self.grid)
             self.content = None if box == (0, self.grid[0], 0, self.grid[1]) else box
@@ -112,16 +127,21 @@ class Geometry:
                 self.m_ir = sampling_matrix(letterbox_matrix(ir_hw, self.grid))
                 return
             h = self.homography
-            ir_size, vis_size = (ir_hw[1], ir_hw[0]), (self.vis_hw[1], self.vis_hw[0])
+            # The homography maps IR onto the first visible size; a later visible size is the same view rescaled.
+            ref = self.vis_ref_hw
+            ir_size, vis_size = (ir_hw[1], ir_hw[0]), (ref[1], ref[0])
             if h is None:
                 h = Homography.identity() if ir_size == vis_size else Homography.scaling(ir_size, vis_size)
-                if ir_size != vis_size:
+                if ir_size != vis_size and not self.resolution_changes:
                     log.warning("no --homography: assuming co-aligned cameras, IR %dx%d stretched onto visible %dx%d",
                                 *ir_size, *vis_size)
-            for w in check_homography(h, ir_size, vis_size):
-                log.warning("homography: %s", w)
-                self.warnings.append(w)
+            if not self.resolution_changes:
+                for w in check_homography(h, ir_size, vis_size):
+                    log.warning("homography: %s", w)
+                    self.warnings.append(w)
             to_grid = letterbox_matrix(self.vis_hw, self.grid)
+            if self.vis_hw != ref:
+                to_grid = to_grid @ Homography.scaling(vis_size, (self.vis_hw[1], self.vis_hw[0])).matrix
             self.m_ir = sampling_matrix(to_grid @ h.matrix)
 
 
@@ -153,33 +173,45 @@ class FrameProcessor:
             raise TDFusionError(f"fusion backends are not available in this installation ({exc})") from None
         size = tuple(self.config.size) if self.config.size else None  # known: a static engine is built now
         return create_backend(self.config.backend, weights=self.config.weights, device=self.config.device,
-                              half=self.config.half, imgsz=size, cache_dir=self.config.cache_dir)
+                              half=self.config.half, imgsz=size, cache_dir=self.config.cache_dir,
+                              calib=self.config.calib)
 
     def process(self, fs: FrameSet) -> tuple[np.ndarray, Detections, dict[str, Planes]]:
         """Returns the output frame (BGR uint8, processing-grid size), its detections and the planes."""
+        out, planes = self.prepare(fs)
+        return out, self.detect(out), planes
+
+    def detect(self, out: np.ndarray) -> Detections:
+        """Detection on a composed output frame (the stage that apps.overlap runs beside fusion)."""
+        with self.timer.stage("detect"):
+            return self.detector.detect(out)
+
+    def prepare(self, fs: FrameSet, timer: StageTimer | None = None) -> tuple[np.ndarray, dict[str, Planes]]:
+        """Pre-processing, fusion and compose of one ``FrameSet``, timed into ``timer`` (default: the run's)."""
+        timer = timer or self.timer
         g = self.geometry
         g.update(None if fs.ir is None else fs.ir.image.shape[:2], None if fs.vis is None else fs.vis.image.shape[:2])
         planes: dict[str, Planes] = {}
-        with self.timer.stage("preprocess"):
+        with timer.stage("preprocess"):
             if fs.ir is not None:
                 planes[IR] = self.pre.planes(fs.ir.image, g.m_ir, g.grid)
             if fs.vis is not None:
                 planes[VIS] = self.pre.planes(fs.vis.image, g.m_vis, g.grid)
         if len(planes) == 2:
-            with self.timer.stage("fusion"):
+            with timer.stage("fusion"):
                 fused = self.backend.fuse(planes[IR].y, planes[VIS].y)
-            with self.timer.stage("compose"):
+            with timer.stage("compose"):
+                # A flat pair (lens caps on, all-white frames) is not stretched: it stays near-constant.
+                stretch = self.config.stretch == "minmax" and not _flat_pair(planes, g.content)
                 if g.content is not None:
-                    fused = _blank_padding(fused, g.content, stretch=self.config.stretch == "minmax")
+                    fused = _blank_padding(fused, g.content, stretch=stretch)
                 crcb = self.pre.merge_chroma(planes[VIS].crcb, planes[IR].crcb)
-                out = self.pre.compose(fused, crcb, stretch=self.config.stretch == "minmax")
+                out = self.pre.compose(fused, crcb, stretch=stretch)
         else:  # one source is down: show what the other one sees, unfused and unstretched
             only = next(iter(planes.values()))
-            with self.timer.stage("compose"):
+            with timer.stage("compose"):
                 out = self.pre.compose(only.y, only.crcb, stretch=False)
-        with self.timer.stage("detect"):
-            dets = self.detector.detect(out)
-        return out, dets, planes
+        return out, planes
 
     def source_views(self, planes: dict[str, Planes]) -> list[np.ndarray]:
         """IR and visible as they enter fusion (registered, in the grid); black where missing."""
@@ -198,6 +230,12 @@ class FrameProcessor:
                     closer()
                 except Exception as exc:  # closing must not hide the run's own result
                     log.warning("error while closing: %s", exc)
+
+
+def _flat_pair(planes: dict[str, Planes], box: tuple[int, int, int, int] | None) -> bool:
+    """``imaging.is_flat_pair`` on the image area of the grid (letterbox bars would look like contrast)."""
+    y0, y1, x0, x1 = box or (0, None, 0, None)
+    return is_flat_pair(np.asarray(planes[IR].y)[y0:y1, x0:x1], np.asarray(planes[VIS].y)[y0:y1, x0:x1])
 
 
 def _blank_padding(fused: np.ndarray, box: tuple[int, int, int, int], stretch: bool) -> np.ndarray:
@@ -256,7 +294,16 @@ def _open_readers(cfg: LiveConfig, wakeup: threading.Event) -> dict[str, SourceR
 
 def run_live(config: LiveConfig, stop: threading.Event | None = None) -> LiveStats:
     """Run the live pipeline until the input ends, ``max_frames``/``duration`` is reached, ``stop`` is
-    set, a window is closed, or Ctrl-C / SIGTERM; always closes outputs and returns the run's stats."""
+    set, a window is closed, or Ctrl-C / SIGTERM; always closes outputs and returns the run's stats.
+    A second Ctrl-C while outputs close is ignored (with a note), so the stats are still written."""
+    restore_sigint = hold_repeated_interrupts()
+    try:
+        return _run_live(config, stop)
+    finally:
+        restore_sigint()
+
+
+def _run_live(config: LiveConfig, stop: threading.Event | None) -> LiveStats:
     cfg = config.resolved()
     stop = stop or threading.Event()
     tune_allocator()
@@ -277,6 +324,7 @@ def run_live(config: LiveConfig, stop: threading.Event | None = None) -> LiveSta
     wakeup = threading.Event()
     readers: dict[str, SourceReader] = {}
     stream: PairedStream | None = None
+    frames = None                                 # apps.overlap: prepared frames, overlapped or not
     sinks: list = []
     restore_sigterm = _install_sigterm(stop)
     t_start, cpu_start = time.monotonic(), time.process_time()
@@ -289,6 +337,8 @@ def run_live(config: LiveConfig, stop: threading.Event | None = None) -> LiveSta
         stream = PairedStream(readers[IR], readers[VIS], cfg.max_skew_ms / 1000.0, realtime=readers[IR].realtime,
                               stall_timeout=cfg.stall_timeout or _stall_timeout(readers), wakeup=wakeup)
         sinks = _build_sinks(cfg, readers[VIS].source.nominal_fps)
+        frames = open_frames(stream, processor, timer, cfg.overlap)
+        stats.overlap = frames.overlapped
         stats.stopped_by = "end of input"
         while True:
             if stop.is_set():
@@ -303,13 +353,15 @@ def run_live(config: LiveConfig, stop: threading.Event | None = None) -> LiveSta
             if any(s.stop_requested for s in sinks):
                 stats.stopped_by = "window closed"
                 break
-            item = stream.next(timeout=0.25)
-            if item is END:
+            got = frames.next(timeout=0.25)
+            if got is END:
                 break
-            if item is None:
+            if got is None:
                 continue
+            item, out, planes = got.item, got.out, got.planes
+            timer.last.update(got.stage_ms)       # the HUD and the record show this frame's times
             t_proc = time.perf_counter()
-            out, dets, planes = processor.process(item)
+            dets = processor.detect(out)
             with timer.stage("overlay"):
                 canvas = _draw(cfg, processor, item, out, dets, planes, rate, timer, readers, stream)
             record = _record(stats.frames_out, item, dets, timer, readers[IR].realtime)
@@ -317,7 +369,9 @@ def run_live(config: LiveConfig, stop: threading.Event | None = None) -> LiveSta
                 for sink in sinks:
                     sink.write(canvas, record)
             now = time.monotonic()
-            timer.record("total", (time.perf_counter() - t_proc) * 1000.0)
+            done = time.perf_counter()
+            timer.record("total", sum(got.stage_ms.values()) + (done - t_proc) * 1000.0)   # work on this frame
+            timer.record("pipeline", (done - got.taken) * 1000.0)   # paired → written, incl. waits between stages
             if readers[IR].realtime:
                 timer.record("e2e", (now - item.t) * 1000.0)
             rate.tick(now)
@@ -336,6 +390,8 @@ def run_live(config: LiveConfig, stop: threading.Event | None = None) -> LiveSta
         stats.stopped_by = "interrupted"
         log.warning("interrupted: closing outputs")
     finally:
+        if frames is not None:
+            frames.close()
         for reader in readers.values():
             reader.stop()
         for sink in sinks:
@@ -347,6 +403,7 @@ def run_live(config: LiveConfig, stop: threading.Event | None = None) -> LiveSta
         restore_sigterm()
     stats.cpu_s = round(time.process_time() - cpu_start, 3)
     _fill_stats(stats, readers, stream, timer, out_marks, skews, cfg, t_start, peak_rss)
+    stats.resolution_changes = geometry.resolution_changes
     if cfg.stats_path:
         stats.write_json(cfg.stats_path)
     return stats
@@ -391,6 +448,7 @@ def _fill_stats(stats: LiveStats, readers, stream, timer: StageTimer, out_marks:
         stats.frames_in[role] = r.captured
         stats.dropped_queue[role] = r.dropped
         stats.reconnects[role] = r.reconnects
+        stats.unreadable[role] = getattr(r, "skipped", 0)
         stats.source_fps[role] = round(r.fps, 2)
     if stream is not None:
         stats.unmatched = dict(stream.pairer.unmatched)
@@ -406,6 +464,30 @@ def _fill_stats(stats: LiveStats, readers, stream, timer: StageTimer, out_marks:
     stats.latency_ms = timer.summaries()
     stats.rss_mb["end"] = round(rss_mb(), 1)
     stats.rss_mb["peak_sampled"] = round(max(peak_rss, stats.rss_mb["end"]), 1)
+
+
+def hold_repeated_interrupts():
+    """The first Ctrl-C interrupts as usual; later ones only log, so closing the video and writing the
+    stats (and the CLI's summary, which holds it too) cannot be cut short. Main thread only; nests;
+    returns the function that restores the previous handler."""
+    current = signal.getsignal(signal.SIGINT)
+    if (threading.current_thread() is not threading.main_thread() or current is signal.SIG_IGN
+            or getattr(current, "holds_repeats", False)):
+        return lambda: None
+    presses = [0]
+
+    def on_sigint(signum, frame):
+        presses[0] += 1
+        if presses[0] == 1:
+            raise KeyboardInterrupt
+        log.warning("still closing outputs and writing stats; Ctrl-\\ (SIGQUIT) aborts without them")
+
+    on_sigint.holds_repeats = True
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except (ValueError, OSError):
+        return lambda: None
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def _install_sigterm(stop: threading.Event):

@@ -268,6 +268,7 @@ def create_preprocessor(kind: str = "auto"):
         try:
             return cuda_kernels.CudaPreprocessor("auto")
         except cuda_kernels.CudaUnavailable as exc:
-            log.info("pre-processing on the CPU (%s)", exc)
+            # Said at DEBUG only: every CPU-only run would repeat it; `tdfusion-edge info` reports it once.
+            log.debug("pre-processing on the CPU (%s)", exc)
             return CpuPreprocessor()
     return cuda_kernels.CudaPreprocessor("auto" if kind == "cuda" else kind)

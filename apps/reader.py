@@ -13,7 +13,7 @@ import threading
 import time
 
 from .frames import Frame
-from .sources import FrameSource, SourceError
+from .sources import FrameSkipped, FrameSource, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class SourceReader:
         self.captured = 0
         self.dropped = 0
         self.reconnects = 0
+        self.skipped = 0          # unreadable frames skipped (e.g. a corrupt file in an image folder)
         self.last_frame_time: float | None = None
         self._stamps: collections.deque[float] = collections.deque(maxlen=30)
         self._cond = threading.Condition()
@@ -129,10 +130,11 @@ class SourceReader:
                 try:
                     item = self.source.read()
                 except SourceError as exc:
-                    if self.source.reconnects:
+                    if self.source.reconnects and not isinstance(exc, FrameSkipped):
                         self._reconnect(str(exc))
                         continue
                     errors += 1
+                    self.skipped += 1  # a counted skip: the stream goes on with the next frame
                     log.warning("%s: skipping unreadable frame: %s", self.role, exc)
                     if errors >= MAX_CONSECUTIVE_ERRORS:
                         self._finish(FAILED, f"{errors} unreadable frames in a row: {exc}")

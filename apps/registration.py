@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from tdfusion_edge.errors import TDFusionError
+from tdfusion_edge.validation.homography import HomographyFileError, load_homography_file
 
 
 class RegistrationError(TDFusionError):
@@ -78,71 +79,26 @@ class Homography:
 
 def save_homography(h: Homography, path: str | os.PathLike) -> Path:
     """Write YAML (``.yaml``/``.yml``) or JSON (anything else)."""
+    from tdfusion_edge.validation.output_path import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = h.to_dict()
     if path.suffix.lower() in (".yaml", ".yml"):
-        path.write_text("# IR -> visible homography (pixel coordinates), written by tdfusion-edge calibrate\n"
-                        + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+        text = ("# IR -> visible homography (pixel coordinates), written by tdfusion-edge calibrate\n"
+                + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
     else:
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+        text = json.dumps(data, indent=2) + "\n"
+    return atomic_write_text(path, text)  # a killed save never leaves half a homography
 
 
 def load_homography(path: str | os.PathLike) -> Homography:
-    """Read a homography file (YAML, JSON or OpenCV FileStorage); one-line errors for bad files."""
-    path = Path(path)
-    if not path.is_file():
-        raise RegistrationError(f"homography file not found: {path}")
-    text = path.read_text(errors="replace")
-    if text.lstrip().startswith("%YAML"):
-        return _load_opencv_yaml(path)
+    """Read a homography file (YAML, JSON or OpenCV FileStorage YAML) through the checked loader of
+    ``tdfusion_edge.validation.homography``; one-line errors for bad files."""
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise RegistrationError(f"cannot parse homography file {path}: {str(exc).splitlines()[0]}") from None
-    if isinstance(data, list):
-        data = {"homography": data}
-    if not isinstance(data, dict):
-        raise RegistrationError(f"{path} should hold a mapping with a 'homography' entry")
-    matrix = data.get("homography", data.get("H"))
-    if matrix is None:
-        raise RegistrationError(f"{path} has no 'homography' entry")
-    try:
-        m = np.asarray(matrix, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise RegistrationError(f"{path}: 'homography' is not a 3×3 list of numbers") from None
-    if m.size == 9:
-        m = m.reshape(3, 3)
-    info = {k: v for k, v in data.items() if k not in ("homography", "H", "ir_size", "vis_size")}
-    try:
-        return Homography(m, _size(data.get("ir_size")), _size(data.get("vis_size")), info)
-    except RegistrationError as exc:
-        raise RegistrationError(f"{path}: {exc}") from None
-
-
-def _size(value) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        w, h = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise RegistrationError(f"image size {value!r} should be [width, height]") from None
-    return w, h
-
-
-def _load_opencv_yaml(path: Path) -> Homography:
-    fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
-    try:
-        for name in ("homography", "H", "h"):
-            node = fs.getNode(name)
-            if not node.empty():
-                m = node.mat()
-                if m is not None:
-                    return Homography(np.asarray(m, np.float64).reshape(3, 3))
-    finally:
-        fs.release()
-    raise RegistrationError(f"{path}: no matrix named 'homography' or 'H' in this OpenCV YAML file")
+        data = load_homography_file(path)
+        return Homography(data.matrix, data.ir_size, data.vis_size, data.info)
+    except HomographyFileError as exc:
+        raise RegistrationError(str(exc)) from None
 
 
 def check_homography(h: Homography, ir_size: tuple[int, int], vis_size: tuple[int, int]) -> list[str]:
@@ -285,6 +241,19 @@ def _edge_pair(ir: np.ndarray, vis: np.ndarray, width: int):
     return e_ir, e_vis, np.diag([s_ir, s_ir, 1.0]), np.diag([s_vis, s_vis, 1.0])
 
 
+# Below this luminance spread (grey levels of 255) an image has no outlines to align.
+MIN_LUMA_STD = 2.0
+
+
+def require_structure(img: np.ndarray, role: str) -> None:
+    """Refuse a featureless (near-constant) image before edge alignment, which would "align" anything."""
+    std = float(np.std(_luma(img))) * 255.0
+    if std < MIN_LUMA_STD:
+        raise RegistrationError(f"the {role} image is featureless (luminance spread {std:.2f} grey levels, "
+                                f"need ≥ {MIN_LUMA_STD:g}): nothing to align; give point pairs "
+                                "(--pair/--points/--click)")
+
+
 def estimate_from_edges(ir: np.ndarray, vis: np.ndarray, initial: Homography | None = None,
                         search_scale: float | None = None, search_angle: float = 3.0,
                         coarse_search: bool = True) -> tuple[Homography, float]:
@@ -297,6 +266,8 @@ def estimate_from_edges(ir: np.ndarray, vis: np.ndarray, initial: Homography | N
     ~0.4–0.8). Expect a few pixels of accuracy; point pairs (``--refine``) do better.
     """
     ir_size, vis_size = (ir.shape[1], ir.shape[0]), (vis.shape[1], vis.shape[0])
+    for role, img in (("IR", ir), ("visible", vis)):
+        require_structure(img, role)
     h0 = (initial or Homography.scaling(ir_size, vis_size)).matrix
     if search_scale is None:
         search_scale = 0.05 if initial else 0.12

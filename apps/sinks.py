@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from tdfusion_edge.errors import TDFusionError
+from tdfusion_edge.validation.output_path import OutputPathError, ensure_output_dir, os_reason, write_image_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class VideoFileSink(Sink):
 
     def write(self, frame: np.ndarray, record: dict) -> None:
         if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_output_dir(self.path.parent, "video folder")
             self.size = (frame.shape[1], frame.shape[0])
             self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, self.size)
             if not self.writer.isOpened():
@@ -73,17 +74,13 @@ class FrameFolderSink(Sink):
     """One image per frame: ``frame_000000.jpg``, … (suffix picks the format)."""
 
     def __init__(self, folder: str | os.PathLike, suffix: str = ".jpg"):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = ensure_output_dir(folder, "frames folder")
         self.suffix = suffix if suffix.startswith(".") else "." + suffix
         self.frames = 0
 
     def write(self, frame: np.ndarray, record: dict) -> None:
         path = self.folder / f"frame_{record.get('frame', self.frames):06d}{self.suffix}"
-        ok, buf = cv2.imencode(self.suffix, frame)
-        if not ok:
-            raise TDFusionError(f"cannot encode {path}")
-        buf.tofile(str(path))
+        write_image_atomic(path, frame)  # a frame file is complete or absent, even if the run is killed
         self.frames += 1
 
 
@@ -92,11 +89,17 @@ class JsonlSink(Sink):
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "w", buffering=1)  # line-buffered: complete lines even after a crash
+        ensure_output_dir(self.path.parent, "JSON-lines folder")
+        try:
+            self.fh = open(self.path, "w", buffering=1)  # line-buffered: complete lines even after a crash
+        except OSError as exc:
+            raise OutputPathError(f"cannot write {self.path}: {os_reason(exc)}") from None
 
     def write(self, frame: np.ndarray, record: dict) -> None:
-        self.fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        try:
+            self.fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        except OSError as exc:  # disk full mid-run: one line naming the file
+            raise OutputPathError(f"cannot write {self.path}: {os_reason(exc)}") from None
 
     def close(self) -> None:
         if not self.fh.closed:

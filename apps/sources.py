@@ -17,6 +17,7 @@ Source strings (options go in a separate ``k=v,k=v`` string so URLs keep their o
 from __future__ import annotations
 
 import abc
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tdfusion_edge.errors import TDFusionError
+from tdfusion_edge.errors import ImageReadError, TDFusionError
 from tdfusion_edge.imaging import IMAGE_EXTENSIONS, read_image
 
 
@@ -38,6 +39,10 @@ class SourceError(TDFusionError):
     """A source that cannot be opened or that stopped delivering frames."""
 
 
+class FrameSkipped(SourceError):
+    """One frame that cannot be used (corrupt file in an image folder); the next one may be fine."""
+
+
 @dataclass
 class SourceSpec:
     """A parsed source string: its kind, what to open, and its options."""
@@ -47,13 +52,16 @@ class SourceSpec:
     options: dict[str, str] = field(default_factory=dict)
 
     def option(self, name: str, default: float | None = None) -> float | None:
-        """A numeric option, or ``default``; a non-number is a one-line error."""
+        """A numeric option, or ``default``; a non-number, NaN or infinity is a one-line error."""
         if name not in self.options:
             return default
         try:
-            return float(self.options[name])
+            value = float(self.options[name])
         except ValueError:
             raise SourceError(f"source option {name}={self.options[name]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise SourceError(f"source option {name}={self.options[name]!r} must be a finite number")
+        return value
 
     def flag(self, name: str) -> bool:
         """A boolean option (1/true/yes/on)."""
@@ -112,6 +120,8 @@ class FrameSource(abc.ABC):
         self.spec = spec
         self.role = role
         self.nominal_fps: float | None = spec.option("fps")
+        if self.nominal_fps is not None and not 0 < self.nominal_fps <= 1000:
+            raise SourceError(f"{role} source option fps={spec.options['fps']}: must be > 0 and ≤ 1000")
 
     @property
     def description(self) -> str:
@@ -247,7 +257,10 @@ class ImageFolderSource(FrameSource):
         path = self.files[self.index % n]
         media_t = self.index / self.nominal_fps
         self.index += 1
-        return read_image(path), media_t
+        try:
+            return read_image(path), media_t
+        except ImageReadError as exc:  # one corrupt or oversized frame: the reader skips and counts it
+            raise FrameSkipped(f"{self.role} frame {path.name}: {exc}") from None
 
     def close(self) -> None:
         pass

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tdfusion_edge.validation.output_path import atomic_write_text
+
 # Log-spaced histogram bins (2 % wide) from 1 µs to ~30 min: percentiles within 1 % of the truth,
 # and memory that does not grow however long the app runs (a soak test checks exactly that).
 _BIN_RATIO = 1.02
@@ -76,6 +78,8 @@ class LiveStats:
     dropped_queue: dict[str, int] = field(default_factory=dict)    # overwritten in a full queue (newest wins)
     unmatched: dict[str, int] = field(default_factory=dict)        # no partner within the maximum skew
     reconnects: dict[str, int] = field(default_factory=dict)
+    unreadable: dict[str, int] = field(default_factory=dict)       # corrupt frames skipped (image-folder sources)
+    resolution_changes: int = 0     # times the visible stream changed size (geometry re-derived each time)
     source_fps: dict[str, float] = field(default_factory=dict)     # measured capture rate
     pairs: int = 0
     stale_skipped: int = 0          # ready sets skipped to stay live when processing is slower than capture
@@ -92,21 +96,19 @@ class LiveStats:
     rss_mb: dict[str, float] = field(default_factory=dict)
     config: dict[str, object] = field(default_factory=dict)
     stopped_by: str = ""
+    overlap: bool = False           # fusion of frame n+1 ran beside detection of frame n (apps.overlap)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def write_json(self, path: str | os.PathLike) -> Path:
         """Write the stats as indented JSON, creating the folder."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
 
     def summary_lines(self) -> list[str]:
         """A few human-readable lines for the terminal."""
         lat = self.latency_ms
-        stages = ", ".join(f"{k} {v['p50']:.1f}" for k, v in lat.items() if k not in ("total", "e2e"))
+        stages = ", ".join(f"{k} {v['p50']:.1f}" for k, v in lat.items() if k not in ("total", "e2e", "pipeline"))
         lines = [
             f"frames out {self.frames_out} ({self.paired_out} paired, {self.ir_only_out} IR-only, "
             f"{self.vis_only_out} visible-only) in {self.duration_s:.1f} s; {self.output_fps:.2f} FPS after warm-up"
@@ -116,11 +118,17 @@ class LiveStats:
         if "total" in lat:
             lines.append(f"processing per frame ms: p50 {lat['total']['p50']:.1f}, p90 {lat['total']['p90']:.1f}, "
                          f"p99 {lat['total']['p99']:.1f}")
+        if "pipeline" in lat:
+            lines.append(f"pair-to-output latency ms{' (stages overlapped)' if self.overlap else ''}: "
+                         f"p50 {lat['pipeline']['p50']:.1f}, p99 {lat['pipeline']['p99']:.1f}")
         if "e2e" in lat:
             lines.append(f"capture-to-output latency ms: p50 {lat['e2e']['p50']:.1f}, p99 {lat['e2e']['p99']:.1f}")
         lines.append("frames in " + _pairs(self.frames_in) + "; dropped (queue) " + _pairs(self.dropped_queue)
                      + "; unmatched " + _pairs(self.unmatched) + f"; stale skipped {self.stale_skipped}"
                      + "; reconnects " + _pairs(self.reconnects))
+        if any(self.unreadable.values()) or self.resolution_changes:
+            lines.append("unreadable frames skipped " + _pairs(self.unreadable)
+                         + f"; visible resolution changes {self.resolution_changes}")
         if self.rss_mb:
             lines.append("resident memory MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in self.rss_mb.items()))
         return lines

@@ -17,10 +17,15 @@ import cv2
 import numpy as np
 
 from tdfusion_edge.data.synthetic import make_scene
+from tdfusion_edge.validation.numbers import NumberError, option_number
+from tdfusion_edge.validation.numbers import parse_hw as _parse_hw
 
 from .sources import FrameSource, SourceError, SourceSpec
 
 _NOISE_BANK = 8
+MAX_SIDE = 4096      # world and output size per side
+MAX_MOVERS = 50
+CONDITIONS = ("day", "night", "random")
 
 
 @dataclass
@@ -99,15 +104,20 @@ class SyntheticWorld:
         return np.concatenate(out, axis=0)
 
 
-def parse_hw(text: str) -> tuple[int, int]:
-    """``"240x320"`` → (240, 320) (height × width)."""
+def parse_hw(text: str, what: str = "size") -> tuple[int, int]:
+    """``"240x320"`` → (240, 320) (height × width), each side 16..4096."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SourceError(f"size {text!r} should look like HEIGHTxWIDTH, e.g. 240x320") from None
-    if h < 16 or w < 16:
-        raise SourceError(f"size {text!r} is too small (at least 16x16)")
-    return h, w
+        return _parse_hw(text, what, min_side=16, max_side=MAX_SIDE)
+    except NumberError as exc:
+        raise SourceError(str(exc)) from None
+
+
+def _option(spec: SourceSpec, role: str, key: str, default, **bounds):
+    """A checked numeric ``k=v`` option of a synthetic source (finite, in bounds) or ``default``."""
+    try:
+        return option_number(spec.options, key, default, where=f"{role} synthetic option", **bounds)
+    except NumberError as exc:
+        raise SourceError(str(exc)) from None
 
 
 class SyntheticSource(FrameSource):
@@ -118,21 +128,31 @@ class SyntheticSource(FrameSource):
 
     def __init__(self, spec: SourceSpec, role: str):
         super().__init__(spec, role)
-        self.nominal_fps = self.nominal_fps or 15.0
-        self.scene_hw = parse_hw(spec.options.get("scene", "240x320"))
-        self.size_hw = parse_hw(spec.options["size"]) if "size" in spec.options else self.scene_hw
-        self.frames = int(spec.option("frames", 0) or 0)
-        self.bits16 = role == "ir" and int(spec.option("bits", 8) or 8) == 16
+        self.nominal_fps = _option(spec, role, "fps", 15.0, minimum=0.0, maximum=1000.0, min_inclusive=False)
+        self.scene_hw = parse_hw(spec.options.get("scene", "240x320"), f"{role} synthetic option scene")
+        self.size_hw = (parse_hw(spec.options["size"], f"{role} synthetic option size") if "size" in spec.options
+                        else self.scene_hw)
+        self.frames = _option(spec, role, "frames", 0, integer=True, minimum=0)
+        bits = _option(spec, role, "bits", 8, integer=True, minimum=8, maximum=16)
+        if bits not in (8, 16):
+            raise SourceError(f"{role} synthetic option bits={bits}: use 8 or 16")
+        self.bits16 = role == "ir" and bits == 16
         # Jitter below half a frame period keeps the stamps increasing, as a real clock's would.
-        self.jitter = min((spec.option("jitter_ms", 0.0) or 0.0) / 1000.0, 0.45 / self.nominal_fps)
-        self.fail_at = int(spec.option("fail_at", 0) or 0)
-        self.down_s = spec.option("down_s", 2.0) or 0.0
+        jitter_ms = _option(spec, role, "jitter_ms", 0.0, minimum=0.0, maximum=1000.0)
+        self.jitter = min(jitter_ms / 1000.0, 0.45 / self.nominal_fps)
+        self.fail_at = _option(spec, role, "fail_at", 0, integer=True, minimum=0)
+        self.down_s = _option(spec, role, "down_s", 2.0, minimum=0.0, maximum=3600.0)
+        self.seed = _option(spec, role, "seed", 0, integer=True, minimum=0, maximum=2**31 - 1)
+        self.movers = _option(spec, role, "movers", 3, integer=True, minimum=0, maximum=MAX_MOVERS)
+        self.condition = spec.options.get("condition", "random")
+        if self.condition not in CONDITIONS:
+            raise SourceError(f"{role} synthetic option condition={self.condition}: use one of {', '.join(CONDITIONS)}")
         self.world: SyntheticWorld | None = None
         self.index = 0
         self._down_until = 0.0
         self._lost_at: float | None = None
         self._failed = False
-        self._rng = np.random.default_rng(int(spec.option("seed", 0) or 0) + (1 if role == "ir" else 2))
+        self._rng = np.random.default_rng(self.seed + (1 if role == "ir" else 2))
 
     def open(self) -> None:
         if time.monotonic() < self._down_until:
@@ -142,9 +162,7 @@ class SyntheticSource(FrameSource):
             self.index += int(round((time.monotonic() - self._lost_at) * self.nominal_fps))
             self._lost_at = None
         if self.world is None:
-            self.world = SyntheticWorld(int(self.spec.option("seed", 0) or 0), *self.scene_hw,
-                                        condition=self.spec.options.get("condition", "random"),
-                                        movers=int(self.spec.option("movers", 3) or 0))
+            self.world = SyntheticWorld(self.seed, *self.scene_hw, condition=self.condition, movers=self.movers)
 
     def read(self) -> tuple[np.ndarray, float | None] | None:
         if self.world is None:

@@ -9,6 +9,12 @@ way: LayerNorm via B×HW×C rearrangement, ``F.normalize``, matmul, softmax) und
 On a GPU, the torch backend is also timed in fp32/fp16 with and without CUDA graphs (the result is
 copied to the host inside the timed call, which synchronises CUDA). At the end a table of latencies
 and speed-ups over the baseline is printed (and written to ``BENCH_OUT`` as markdown if set).
+
+``test_backend_network_precision``: backend × network × precision rows (FusionNet and TDFusion-lite;
+torch fp32, onnxruntime fp32, onnxruntime int8 calibrated on ``BENCH_CALIB`` real pairs) at
+``BENCH_MATRIX_SIZES`` (default 240x320,480x640), round-robin over ``BENCH_MATRIX_ROUNDS`` rounds,
+each row's speed-up against the released-style eager FusionNet of the same round (table written to
+``BENCH_MATRIX_OUT`` as markdown if set).
 """
 from __future__ import annotations
 
@@ -32,6 +38,12 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", os.environ.get("TDFUSION_BENCH_ROUND
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "ReFusion_IVIF.pth"
 RATIO_SIZES = [s for s in os.environ.get("BENCH_RATIO_SIZES", "256x256,480x640,768x1024").split(",") if s]
 RATIO_ROUNDS = int(os.environ.get("BENCH_RATIO_ROUNDS", "3"))
+MATRIX_SIZES = [s for s in os.environ.get("BENCH_MATRIX_SIZES", "240x320,480x640").split(",") if s]
+MATRIX_ROUNDS = int(os.environ.get("BENCH_MATRIX_ROUNDS", "3"))
+MATRIX_NETWORKS = [n for n in os.environ.get("BENCH_NETWORKS", "fusionnet,lite").split(",") if n]
+CALIB = Path(os.environ.get("BENCH_CALIB", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"
+                                               / "roadscene")))
+MATRIX: dict[str, dict] = {}
 RESULTS: dict[tuple[str, str], dict[str, float]] = {}
 RATIOS: dict[str, dict[str, float]] = {}
 
@@ -54,6 +66,7 @@ def _candidates() -> list[str]:
     names = ["released-eager", "torch-cpu", "auto"]
     if "onnxruntime" in available_backends() or not torch.cuda.is_available():
         names.insert(2, "onnxruntime-cpu")
+    names += ["lite-torch-cpu", "lite-onnxruntime-cpu"]  # TDFusion-lite beside the full network
     if torch.cuda.is_available():
         names += ["released-eager-cuda", "torch-cuda-fp32", "torch-cuda-fp32-graphs", "torch-cuda-fp16",
                   "torch-cuda-fp16-graphs"]
@@ -75,25 +88,24 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("bench-cache")
 
 
-@pytest.fixture(scope="module")
-def runners(net, cache_dir):
-    """Candidate name → builder of a callable(ir, vis numpy H×W) for that candidate."""
+def released_runner(net, device: str):
+    """The released-style eager module on ``device``: callable(ir, vis numpy H×W) → numpy."""
+    model = ReleasedStyleFusionNet.from_fusion_net(net).to(device)
+
+    def run(ir, vis):
+        with torch.no_grad():
+            out = model(torch.from_numpy(ir)[None, None].to(device), torch.from_numpy(vis)[None, None].to(device))
+            return out.cpu().numpy()
+    return run
+
+
+def make_runner(name: str, net, cache_dir):
+    """The callable(ir, vis numpy H×W) of one candidate of ``_candidates()`` (raises where it is unusable)."""
     from tdfusion_edge.export.backends import OnnxRuntimeBackend, TensorRTBackend, TorchBackend, create_backend
 
-    made: dict[str, object] = {}
-
-    def released(device):
-        model = ReleasedStyleFusionNet.from_fusion_net(net).to(device)
-
-        def run(ir, vis):
-            with torch.no_grad():
-                out = model(torch.from_numpy(ir)[None, None].to(device), torch.from_numpy(vis)[None, None].to(device))
-                return out.cpu().numpy()
-        return run
-
     builders = {
-        "released-eager": lambda: released("cpu"),
-        "released-eager-cuda": lambda: released("cuda"),
+        "released-eager": lambda: released_runner(net, "cpu"),
+        "released-eager-cuda": lambda: released_runner(net, "cuda"),
         "torch-cpu": lambda: TorchBackend(net, "cpu", threads=THREADS).fuse,
         "onnxruntime-cpu": lambda: OnnxRuntimeBackend(net, "cpu", cache_dir=cache_dir, threads=THREADS).fuse,
         "auto": lambda: create_backend("auto", net=net, cache_dir=cache_dir, threads=THREADS).fuse,
@@ -104,11 +116,32 @@ def runners(net, cache_dir):
         "onnxruntime-cuda-fp32": lambda: OnnxRuntimeBackend(net, "cuda", cache_dir=cache_dir).fuse,
         "tensorrt-fp32": lambda: TensorRTBackend(net, "cuda", cache_dir=cache_dir).fuse,
         "tensorrt-fp16": lambda: TensorRTBackend(net, "cuda", half=True, cache_dir=cache_dir).fuse,
+        "lite-torch-cpu": lambda: TorchBackend(_lite_net(), "cpu", threads=THREADS).fuse,
+        "lite-onnxruntime-cpu": lambda: OnnxRuntimeBackend(_lite_net(), "cpu", cache_dir=cache_dir,
+                                                           threads=THREADS).fuse,
     }
+    return builders[name]()
+
+
+def _lite_net():
+    """The shipped TDFusion-lite weights (a random-init lite net of the same size if they are missing)."""
+    from tdfusion_edge.checkpoints import load_fusion_net, resolve_weights
+    from tdfusion_edge.models import LiteFusionNet
+
+    if resolve_weights("lite").is_file():
+        return load_fusion_net("lite")
+    torch.manual_seed(0)
+    return LiteFusionNet().eval()
+
+
+@pytest.fixture(scope="module")
+def runners(net, cache_dir):
+    """Candidate name → builder of a callable(ir, vis numpy H×W) for that candidate."""
+    made: dict[str, object] = {}
 
     def get(name):
         if name not in made:
-            made[name] = builders[name]()
+            made[name] = make_runner(name, net, cache_dir)
         return made[name]
     return get
 
@@ -234,3 +267,106 @@ def test_round_robin_speedups(runners, size):
     RATIOS[size] = {"rounds": RATIO_ROUNDS, "auto": auto.describe() if auto is not None else "auto",
                     "times": times}
     assert all(len(t) == RATIO_ROUNDS for t in times.values())
+
+
+def _network(name: str):
+    """The benchmarked network: FusionNet (released weights when present) or TDFusion-lite (its shipped
+    weights when present, else random ones: latency does not depend on the values)."""
+    if name == "fusionnet":
+        return _net()
+    try:
+        from tdfusion_edge.models import LiteFusionNet
+    except ImportError:
+        pytest.skip("TDFusion-lite is not in this tree")
+    try:
+        from tdfusion_edge.checkpoints import load_fusion_net
+        return load_fusion_net("lite")
+    except Exception:  # weights not shipped yet
+        torch.manual_seed(0)
+        return LiteFusionNet().eval()
+
+
+def _matrix_rows(net, cache_dir, size: tuple[int, int]) -> tuple[dict, dict]:
+    """Row name → callable, and row name → why it is missing."""
+    from tdfusion_edge.export.backends import OnnxRuntimeBackend, OnnxRuntimeInt8Backend, TorchBackend
+
+    rows, missing = {}, {}
+    builders = {"torch fp32": lambda: TorchBackend(net, "cpu", threads=THREADS),
+                "onnxruntime fp32": lambda: OnnxRuntimeBackend(net, "cpu", cache_dir=cache_dir, threads=THREADS)}
+    if CALIB.is_dir():
+        builders["onnxruntime int8"] = lambda: OnnxRuntimeInt8Backend(net, calib=CALIB, imgsz=size,
+                                                                      cache_dir=cache_dir, threads=THREADS)
+    else:
+        missing["onnxruntime int8"] = f"no calibration pairs at {CALIB}"
+    for name, build in builders.items():
+        try:
+            backend = build()
+        except Exception as exc:  # a refused INT8 gate or a missing runtime is a result to report
+            missing[name] = str(exc).splitlines()[0][:160]
+            continue
+        rows[name] = backend.fuse
+        if getattr(backend, "gate_report", None) is not None:
+            missing[name + " gate"] = backend.gate_report.describe()
+    return rows, missing
+
+
+@pytest.mark.skipif(MATRIX_ROUNDS < 1, reason="BENCH_MATRIX_ROUNDS=0")
+@pytest.mark.parametrize("size", MATRIX_SIZES)
+def test_backend_network_precision(cache_dir, size, request):
+    """Every (network, backend, precision) once per round in rotating order, with the released-style eager
+    FusionNet in the same rounds as the baseline of every ratio."""
+    import time
+
+    h, w = (int(v) for v in size.split("x"))
+    base_net = _net()
+    released = ReleasedStyleFusionNet.from_fusion_net(base_net)
+
+    def baseline(ir, vis):
+        with torch.no_grad():
+            return released(torch.from_numpy(ir)[None, None], torch.from_numpy(vis)[None, None]).numpy()
+
+    fns, notes = {"released-style eager FusionNet fp32": baseline}, {}
+    for network in MATRIX_NETWORKS:
+        try:
+            net = _network(network)
+        except pytest.skip.Exception as exc:
+            notes[network] = str(exc)
+            continue
+        rows, missing = _matrix_rows(net, cache_dir, (h, w))
+        fns.update({f"{network} {k}": fn for k, fn in rows.items()})
+        notes.update({f"{network} {k}": v for k, v in missing.items()})
+    rng = np.random.default_rng(2)
+    ir, vis = rng.random((h, w), dtype=np.float32), rng.random((h, w), dtype=np.float32)
+    names = list(fns)
+    for fn in fns.values():
+        fn(ir, vis)                                    # warm-up: first-shape plans and allocations
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(MATRIX_ROUNDS):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            fns[n](ir, vis)
+            times[n].append(time.perf_counter() - start)
+    MATRIX[size] = {"times": times, "notes": notes}
+    base = times[names[0]]
+    lines = [f"device: {_device_name()}; {MATRIX_ROUNDS} rounds at {size}; load average "
+             f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}", "",
+             f"| network / backend / precision | {size} min / median (ms) | speed-up vs released eager (median of per-round ratios) |",
+             "|---|---|---|"]
+    for n in names:
+        t = times[n]
+        ratio = "—" if n == names[0] else f"{statistics.median(b / a for b, a in zip(base, t)):.1f}×"
+        lines.append(f"| {n} | {min(t) * 1e3:.0f} / {statistics.median(t) * 1e3:.0f} | {ratio} |")
+    lines += [f"- {k}: {v}" for k, v in notes.items()]
+    text = "\n".join(lines)
+    print("\n" + text)
+    if os.environ.get("BENCH_MATRIX_OUT"):
+        with open(os.environ["BENCH_MATRIX_OUT"], "a") as fh:
+            fh.write(text + "\n\n")
+    try:
+        report_table = request.getfixturevalue("bench_report")
+        for n in names:
+            report_table.add(f"fusion {size} (matrix)", n, statistics.median(times[n]),
+                             baseline=names[0], device=_device_name())
+    except pytest.FixtureLookupError:
+        pass
+    assert all(len(t) == MATRIX_ROUNDS for t in times.values())

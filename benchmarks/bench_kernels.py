@@ -49,6 +49,13 @@ _COMPILED: dict[str, object] = {}
 def _impl(kernel: str, impl: str):
     if impl != "eager" and not CUDA:
         pytest.skip("torch.compile and Triton rows are measured on CUDA only")
+    if impl == "triton":
+        pytest.importorskip("triton")
+    return kernel_impl(kernel, impl)
+
+
+def kernel_impl(kernel: str, impl: str):
+    """The callable of one row: ``eager`` (the reference), ``compile`` (cached per kernel) or ``triton``."""
     reference = _REFERENCES[kernel]
     if impl == "eager":
         return reference
@@ -56,7 +63,6 @@ def _impl(kernel: str, impl: str):
         if kernel not in _COMPILED:
             _COMPILED[kernel] = torch.compile(reference, dynamic=False)
         return _COMPILED[kernel]
-    pytest.importorskip("triton")
     if kernel == "fusion_loss":
         from tdfusion_edge.kernels.fusion_loss_triton import fusion_loss_triton
         return fusion_loss_triton
@@ -87,13 +93,18 @@ def _measure(benchmark, bench_report, bench_sync, bench_device_name, group, impl
 def test_fusion_loss(benchmark, bench_report, bench_sync, bench_device_name, mode, impl):
     if impl == "compile" and mode == "meta":
         pytest.skip("torch.compile does not support double backward")
-    fn = _impl("fusion_loss", impl)
+    group, run, nbytes = fusion_loss_case(_impl("fusion_loss", impl), mode)
+    _measure(benchmark, bench_report, bench_sync, bench_device_name, group, impl, run, nbytes)
+
+
+def fusion_loss_case(fn, mode: str, shape=FUSION_SHAPE, device=DEVICE):
+    """(group, run, bytes) of one fusion-loss row; ``fn`` is checked against the reference first."""
     gen = torch.Generator().manual_seed(0)
-    fused, ir, vis, w = (torch.rand(FUSION_SHAPE, generator=gen).to(DEVICE) for _ in range(4))
-    u_f, u_w = (torch.randn(FUSION_SHAPE, generator=gen).to(DEVICE) for _ in range(2))
+    fused, ir, vis, w = (torch.rand(shape, generator=gen).to(device) for _ in range(4))
+    u_f, u_w = (torch.randn(shape, generator=gen).to(device) for _ in range(2))
     fused.requires_grad_(True)
     w.requires_grad_(True)  # the loss generator's weights: the meta step differentiates them
-    if impl != "eager":
+    if fn is not fusion_loss_reference:
         torch.testing.assert_close(fn(fused, ir, vis, w), fusion_loss_reference(fused, ir, vis, w),
                                    rtol=1e-4, atol=1e-6)
 
@@ -105,14 +116,14 @@ def test_fusion_loss(benchmark, bench_report, bench_sync, bench_device_name, mod
             g_f, g_w = torch.autograd.grad(loss, (fused, w), create_graph=True)
             torch.autograd.grad((g_f, g_w), (fused, w), (u_f, u_w))
 
-    px = FUSION_SHAPE[0] * FUSION_SHAPE[2] * FUSION_SHAPE[3]
+    px = shape[0] * shape[2] * shape[3]
     e = fused.element_size()
     fwd = 4 * px * e + px  # fused, ir, vis, w in; the int8 sign/winner code out
     bwd = 4 * px * e + px + 2 * px * e  # the same in plus the code; dL/dfused, dL/dw out
     dd = 6 * px * e + 2 * px * e  # inputs and the two incoming grads in; two grads out
     nbytes = {"fwd": fwd, "fwd_bwd": fwd + bwd, "meta": fwd + bwd + dd}[mode]
-    group = f"fusion_loss {FUSION_SHAPE[0]}x{FUSION_SHAPE[2]}x{FUSION_SHAPE[3]} {mode}"
-    _measure(benchmark, bench_report, bench_sync, bench_device_name, group, impl, run, nbytes)
+    group = f"fusion_loss {shape[0]}x{shape[2]}x{shape[3]} {mode}"
+    return group, run, nbytes
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -121,16 +132,21 @@ def test_fusion_loss(benchmark, bench_report, bench_sync, bench_device_name, mod
 def test_mdta(benchmark, bench_report, bench_sync, bench_device_name, case, mode, impl):
     if impl == "compile" and mode == "meta":
         pytest.skip("torch.compile does not support double backward")
-    fn = _impl("mdta", impl)
+    group, run, nbytes = mdta_case(_impl("mdta", impl), mode, case)
+    _measure(benchmark, bench_report, bench_sync, bench_device_name, group, impl, run, nbytes)
+
+
+def mdta_case(fn, mode: str, case, device=DEVICE):
+    """(group, run, bytes) of one MDTA row (``case`` = width, H, W); ``fn`` is checked first."""
     width, h, w = case
     shape = (MDTA_BATCH, MDTA_HEADS, width // MDTA_HEADS, h * w)
     gen = torch.Generator().manual_seed(1)
-    q, k, v, do = (torch.randn(shape, generator=gen).to(DEVICE).requires_grad_(True)
+    q, k, v, do = (torch.randn(shape, generator=gen).to(device).requires_grad_(True)
                    for _ in range(4))
-    t = (torch.rand(MDTA_HEADS, 1, 1, generator=gen) + 0.5).to(DEVICE).requires_grad_(True)
-    us = [torch.randn(shape, generator=gen).to(DEVICE) for _ in range(3)]
-    us.append(torch.randn(MDTA_HEADS, 1, 1, generator=gen).to(DEVICE))
-    if impl != "eager":
+    t = (torch.rand(MDTA_HEADS, 1, 1, generator=gen) + 0.5).to(device).requires_grad_(True)
+    us = [torch.randn(shape, generator=gen).to(device) for _ in range(3)]
+    us.append(torch.randn(MDTA_HEADS, 1, 1, generator=gen).to(device))
+    if fn is not mdta_attention_reference:
         torch.testing.assert_close(fn(q, k, v, t), mdta_attention_reference(q, k, v, t),
                                    rtol=1e-4, atol=1e-5)
 
@@ -149,7 +165,7 @@ def test_mdta(benchmark, bench_report, bench_sync, bench_device_name, case, mode
     dd = 18 * x  # 7 tensors (Grams); the same 7 in, 4 grads out
     nbytes = {"fwd": fwd, "fwd_bwd": fwd + bwd, "meta": fwd + bwd + dd}[mode]
     group = f"mdta b{MDTA_BATCH} w{width} {h}x{w} {mode}"
-    _measure(benchmark, bench_report, bench_sync, bench_device_name, group, impl, run, nbytes)
+    return group, run, nbytes
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -158,13 +174,18 @@ def test_mdta(benchmark, bench_report, bench_sync, bench_device_name, case, mode
 def test_layernorm(benchmark, bench_report, bench_sync, bench_device_name, shape, mode, impl):
     if impl == "compile" and mode == "meta":
         pytest.skip("torch.compile does not support double backward")
-    fn = _impl("layernorm", impl)
+    group, run, nbytes = layernorm_case(_impl("layernorm", impl), mode, shape)
+    _measure(benchmark, bench_report, bench_sync, bench_device_name, group, impl, run, nbytes)
+
+
+def layernorm_case(fn, mode: str, shape, device=DEVICE):
+    """(group, run, bytes) of one channel-LayerNorm row (``shape`` B×C×H×W); ``fn`` is checked first."""
     gen = torch.Generator().manual_seed(2)
-    x, gy = (torch.randn(shape, generator=gen).to(DEVICE).requires_grad_(True) for _ in range(2))
-    w, b = (torch.randn(shape[1], generator=gen).to(DEVICE).requires_grad_(True) for _ in range(2))
-    us = [torch.randn(shape, generator=gen).to(DEVICE), torch.randn(shape[1]).to(DEVICE),
-          torch.randn(shape[1]).to(DEVICE)]
-    if impl != "eager":
+    x, gy = (torch.randn(shape, generator=gen).to(device).requires_grad_(True) for _ in range(2))
+    w, b = (torch.randn(shape[1], generator=gen).to(device).requires_grad_(True) for _ in range(2))
+    us = [torch.randn(shape, generator=gen).to(device), torch.randn(shape[1]).to(device),
+          torch.randn(shape[1]).to(device)]
+    if fn is not layer_norm_channels_reference:
         torch.testing.assert_close(fn(x, w, b), layer_norm_channels_reference(x, w, b),
                                    rtol=1e-4, atol=1e-5)
 
@@ -182,4 +203,4 @@ def test_layernorm(benchmark, bench_report, bench_sync, bench_device_name, shape
     dd = 5 * n  # x, dy, hx in; grads of x and dy out
     nbytes = {"fwd": fwd, "fwd_bwd": fwd + bwd, "meta": fwd + bwd + dd}[mode]
     group = f"layernorm b{shape[0]} c{shape[1]} {shape[2]}x{shape[3]} {mode}"
-    _measure(benchmark, bench_report, bench_sync, bench_device_name, group, impl, run, nbytes)
+    return group, run, nbytes

@@ -76,12 +76,17 @@ def _peak_mib() -> float:
 
 @pytest.fixture(scope="module")
 def setup():
+    return make_setup()
+
+
+def make_setup(device: torch.device = DEVICE, height: int = 240, width: int = 320, crop: int = 256) -> dict:
+    """F, G, T (SegFormer-B0, 9 classes), their optimisers and four swapped batches (defaults: released sizes)."""
     torch.manual_seed(0)
-    data = SyntheticPairs(length=4, task="seg", height=240, width=320, task_size=(240, 320), crop_size=256,
-                          condition="night")
-    batches = [to_device(swap_pairs(collate_fn([data[i]])), DEVICE) for i in range(4)]
-    f, g = FusionNet().to(DEVICE).train(), LossGenerator().to(DEVICE).train()
-    t = build_task("seg", 9).to(DEVICE).train()
+    data = SyntheticPairs(length=4, task="seg", height=height, width=width, task_size=(height, width),
+                          crop_size=crop, condition="night")
+    batches = [to_device(swap_pairs(collate_fn([data[i]])), device) for i in range(4)]
+    f, g = FusionNet().to(device).train(), LossGenerator().to(device).train()
+    t = build_task("seg", 9).to(device).train()
     f_opt = torch.optim.Adam(f.parameters(), lr=LR)
     t_opt = torch.optim.Adam(t.parameters(), lr=LR)
     return {"batches": batches, "F": f, "G": g, "T": t, "f_opt": f_opt, "t_opt": t_opt,
@@ -115,6 +120,18 @@ def released_style_meta_step(s: dict, inner: dict, outer: dict) -> float:
     return float(loss_t)
 
 
+def functional_meta_step(s: dict, inner: dict, outer: dict):
+    """One meta step of ours (``train.meta_step``: θ_T' as a new dict, nothing written to disk)."""
+    nets = MetaNets(s["F"], s["G"], s["T"], to_task_input)
+    return meta_step(nets, inner, outer, MetaHyper(inner_lr=LR, task_lr=LR), "maxnorm", LR, s["t_opt"])
+
+
+def one_fusion_step(s: dict, batch: dict):
+    """One fusion-phase step (F on L_f with G frozen, T on L_t)."""
+    return fusion_step(s["F"], s["T"], s["G"], to_task_input, batch, s["f_opt"], s["t_opt"], LossSettings(),
+                       Ablations())
+
+
 def _measure(benchmark, name: str, fn) -> None:
     """Time ``fn`` (after one warm-up call; memory stays with the allocator, as in training), then
     take one more call for its peak memory (trimming the heap first would slow the timed calls)."""
@@ -140,10 +157,7 @@ def _measure(benchmark, name: str, fn) -> None:
 def test_meta_step_functional(benchmark, setup):
     s = setup
     inner, outer = s["batches"][0], s["batches"][1]
-    nets = MetaNets(s["F"], s["G"], s["T"], to_task_input)
-    hyper = MetaHyper(inner_lr=LR, task_lr=LR)
-    _measure(benchmark, "meta step, functional (ours)",
-             lambda: meta_step(nets, inner, outer, hyper, "maxnorm", LR, s["t_opt"]))
+    _measure(benchmark, "meta step, functional (ours)", lambda: functional_meta_step(s, inner, outer))
 
 
 @pytest.mark.benchmark(group="meta step (released sizes)")
@@ -158,8 +172,7 @@ def test_meta_step_released_style(benchmark, setup):
 def test_fusion_step(benchmark, setup):
     s = setup
     batch = s["batches"][0]
-    _measure(benchmark, "fusion step", lambda: fusion_step(s["F"], s["T"], s["G"], to_task_input, batch, s["f_opt"],
-                                                            s["t_opt"], LossSettings(), Ablations()))
+    _measure(benchmark, "fusion step", lambda: one_fusion_step(s, batch))
 
 
 def test_report():

@@ -3,10 +3,14 @@
 * ``torch``: ``DeployFusionNet`` eager on CPU or CUDA (fp32/fp16, channels-last and CUDA graphs on GPU).
 * ``onnxruntime``: the exported ONNX (dynamic H×W and batch, cached once per weights and precision)
   on the CPU provider, or the CUDA provider when onnxruntime-gpu and a GPU are present.
+* ``onnxruntime-int8``: a static-shape QDQ INT8 model per input shape, calibrated on real pairs
+  (``calib``) and gated against FP32 (see int8_onnx), on the CPU provider.
 * ``tensorrt``: one static engine per input shape, built once and cached (see tensorrt_build).
 
-``create_backend("auto")`` picks the fastest usable one: on a GPU TensorRT, then torch (CUDA graphs),
-then onnxruntime-CUDA; on a CPU onnxruntime, then torch (see docs/export.md for the measurements).
+``create_backend("auto")`` with a known input size (``imgsz``) builds every usable backend, drops
+those failing their gate, times the rest on that shape and keeps the fastest (auto_select; the
+decision is cached per model + shape + machine). Without a size it takes the first usable one of:
+on a GPU TensorRT, torch (CUDA graphs), onnxruntime-CUDA; on a CPU onnxruntime, then torch.
 """
 from __future__ import annotations
 
@@ -14,17 +18,18 @@ import abc
 import importlib.util
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from tdfusion_edge.errors import TDFusionError
 
-from .deploy_net import DeployFusionNet
+from .deploy_net import deploy_module
 from .engine_cache import CacheKey, cache_root, model_hash, produce_once
 from .errors import BackendUnavailable
 
-BACKEND_KINDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKEND_KINDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
 log = logging.getLogger(__name__)
 
 
@@ -84,7 +89,7 @@ class TorchBackend(FusionBackend):
             torch.set_num_threads(int(threads))
         self.device = str(dev)
         self.precision = "fp16" if half else "fp32"
-        self.module = DeployFusionNet(net, torch.float16 if half else torch.float32).to(dev)
+        self.module = deploy_module(net, torch.float16 if half else torch.float32).to(dev)
         # Off by default: the deploy graph's Gram/stat matmuls read NCHW views, channels-last makes them copy.
         self.channels_last = bool(channels_last)
         if self.channels_last:  # conv weights only: the reduction buffers are not 4-D
@@ -140,7 +145,6 @@ class OnnxRuntimeBackend(FusionBackend):
 
     def __init__(self, net: torch.nn.Module, device: str = "cpu", half: bool = False,
                  cache_dir: str | os.PathLike | None = None, threads: int | None = None):
-        from .onnx_check import ort_session
         from .onnx_export import export_fusion_onnx
 
         if importlib.util.find_spec("onnxruntime") is None:
@@ -158,19 +162,142 @@ class OnnxRuntimeBackend(FusionBackend):
             providers = ["CPUExecutionProvider"]
         self.device = str(dev)
         self.precision = "fp16" if half else "fp32"
-        key = CacheKey(model_hash(net), self.precision, shape=None, batch=None, options="float-none-opset18")
-        self.onnx_path, created = produce_once(key.onnx_path(cache_root(cache_dir)), lambda tmp: export_fusion_onnx(
-            net, tmp, imgsz=None, batch=None, precision=self.precision, opset=18))  # no down-conversion: ORT reads 18
-        log.info("%s ONNX %s", "exported" if created else "reusing", self.onnx_path)
         if not threads and dev.type == "cpu":
             threads = torch.get_num_threads()
-        self.session = ort_session(self.onnx_path, threads, providers)
+        key = CacheKey(model_hash(net), self.precision, shape=None, batch=None, options="float-none-opset18")
+
+        def export(tmp):  # no down-conversion: ORT reads opset 18
+            export_fusion_onnx(net, tmp, imgsz=None, batch=None, precision=self.precision, opset=18)
+
+        self.onnx_path, self.session = self._cached_session(key.onnx_path(cache_root(cache_dir)), export,
+                                                            lambda path: _checked_session(path, threads, providers))
+
+    @staticmethod
+    def _cached_session(path, export, open_session):
+        """(path or None, session) from the cache: a corrupt entry is rebuilt; an unwritable cache runs uncached."""
+        import tempfile
+        from pathlib import Path
+
+        def uncached() -> bytes:
+            try:
+                with tempfile.TemporaryDirectory(prefix="tdfusion-onnx-") as tmp:
+                    export(Path(tmp) / path.name)
+                    return (Path(tmp) / path.name).read_bytes()
+            except OSError as exc:
+                raise OrtUnusable(f"no writable folder to export the ONNX graph into ({exc.strerror or exc})") from None
+
+        def fresh_session(source):
+            try:
+                return open_session(source)
+            except _CorruptOnnx as exc:  # a fresh export that onnxruntime cannot run: not a cache problem
+                raise OrtUnusable(f"onnxruntime cannot run the exported graph: {exc}") from None
+
+        try:
+            onnx_path, created = produce_once(path, export)
+        except OSError as exc:
+            log.warning("ONNX cache %s is not writable (%s); running uncached", path.parent, exc.strerror or exc)
+            return None, fresh_session(uncached())
+        log.info("%s ONNX %s", "exported" if created else "reusing", onnx_path)
+        if created:
+            return onnx_path, fresh_session(onnx_path)
+        try:
+            return onnx_path, open_session(onnx_path)
+        except _CorruptOnnx as exc:
+            log.warning("cached ONNX %s is corrupt (%s); rebuilding it", onnx_path, exc)
+        try:
+            onnx_path.unlink()
+            onnx_path, _ = produce_once(path, export)
+        except OSError as exc:  # a read-only cache holding a bad file: export into a temp folder instead
+            log.warning("cannot replace %s (%s); running uncached", onnx_path, exc.strerror or exc)
+            return None, fresh_session(uncached())
+        log.info("exported ONNX %s", onnx_path)
+        return onnx_path, fresh_session(onnx_path)
 
     def _run(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
         return self.session.run(["fused"], {"ir": ir, "vis": vis})[0]
 
     def close(self) -> None:
         self.session = None
+
+
+class OrtUnusable(BackendUnavailable):
+    """onnxruntime is installed but cannot build or run a session of a freshly exported graph."""
+
+
+class _CorruptOnnx(Exception):
+    """An ONNX file (or bytes) that onnxruntime rejects or that does not behave like our fusion graph."""
+
+
+def _checked_session(source, threads, providers):
+    """An onnxruntime session of ``source`` proven on a tiny input; any failure is ``_CorruptOnnx``."""
+    from .onnx_check import ort_session
+
+    try:
+        session = ort_session(source, threads, providers)
+        if {i.name for i in session.get_inputs()} != {"ir", "vis"} or "fused" not in {
+                o.name for o in session.get_outputs()}:
+            raise ValueError("inputs/outputs are not ir, vis -> fused")
+        probe = np.full((1, 1, 16, 16), 0.5, np.float32)
+        out = session.run(["fused"], {"ir": probe, "vis": probe})[0]
+        if out.shape != probe.shape:
+            raise ValueError(f"output shape {out.shape} for input {probe.shape}")
+    except BackendUnavailable:
+        raise
+    except Exception as exc:  # InvalidProtobuf, Fail, RuntimeException, ...: all mean "this file is unusable"
+        text = str(exc).strip().splitlines()
+        raise _CorruptOnnx((text[0] if text else type(exc).__name__)[:200]) from None
+    return session
+
+
+class OnnxRuntimeInt8Backend(FusionBackend):
+    """Static INT8 (QDQ) ONNX on the CPU provider, one model per input shape, each calibrated and gated once."""
+
+    name = "onnxruntime-int8"
+    precision = "int8"
+
+    def __init__(self, net: torch.nn.Module, calib=None, imgsz: tuple[int, int] | None = None,
+                 cache_dir: str | os.PathLike | None = None, threads: int | None = None, options=None):
+        from .int8_onnx import Int8Options
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)")
+        self.net, self.calib, self.cache_dir = net, calib, cache_dir
+        self.options = options or Int8Options()
+        self.threads = threads or torch.get_num_threads()
+        self.model_id = model_hash(net)
+        self.gate_report = None
+        self._sessions: dict[tuple[int, int], object] = {}
+        if imgsz is not None:
+            self._session((int(imgsz[0]), int(imgsz[1])))
+
+    def _fp32_onnx(self, shape: tuple[int, int]) -> Path:
+        from .onnx_export import export_fusion_onnx
+
+        key = CacheKey(self.model_id, "fp32", shape=shape, batch=1, options="float-none-opset18")
+        path, _ = produce_once(key.onnx_path(cache_root(self.cache_dir)), lambda tmp: export_fusion_onnx(
+            self.net, tmp, imgsz=shape, batch=1, precision="fp32", opset=18))
+        return path
+
+    def _session(self, shape: tuple[int, int]):
+        from .int8_onnx import build_int8_cached
+        from .onnx_check import ort_session
+
+        if shape not in self._sessions:
+            model = build_int8_cached(lambda: self._fp32_onnx(shape), self.model_id, shape, self.calib,
+                                      self.options, self.cache_dir, self.threads).require_passed()
+            log.info("INT8 %s: %s", model.path.name, model.report.describe())
+            self.gate_report = model.report
+            self.onnx_path = model.path
+            self._sessions[shape] = ort_session(model.path, self.threads)
+        return self._sessions[shape]
+
+    def _run(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
+        session = self._session((ir.shape[2], ir.shape[3]))
+        return np.concatenate([session.run(None, {"ir": ir[i:i + 1], "vis": vis[i:i + 1]})[0]
+                               for i in range(ir.shape[0])])
+
+    def close(self) -> None:
+        self._sessions.clear()
 
 
 class TensorRTBackend(FusionBackend):
@@ -263,34 +390,70 @@ def load_weights(weights: str | os.PathLike | None) -> torch.nn.Module:
 def create_backend(kind: str = "auto", weights: str | os.PathLike | None = None, device: str = "auto",
                    half: bool = False, imgsz: tuple[int, int] | None = None,
                    cache_dir: str | os.PathLike | None = None, *, threads: int | None = None,
-                   net: torch.nn.Module | None = None) -> FusionBackend:
+                   net: torch.nn.Module | None = None, calib=None, int8_options=None) -> FusionBackend:
     """Build a fusion backend.
 
-    ``kind``: auto | torch | onnxruntime | tensorrt. ``weights`` None → package default weights
-    (or pass a loaded ``net``). ``imgsz`` (H, W) pre-builds the TensorRT engine for that size.
-    ``threads``: CPU threads (default: torch's setting). Unusable combinations raise one line.
+    ``kind``: auto | torch | onnxruntime | onnxruntime-int8 | tensorrt. ``weights`` None → package
+    default weights (or pass a loaded ``net``). ``imgsz`` (H, W): the input size, used to pre-build
+    static engines/INT8 models and to let ``auto`` measure. ``calib``: folder(s) of real pairs for
+    INT8 calibration. ``threads``: CPU threads (default: torch's setting). Unusable combinations raise one line.
     """
     if kind not in BACKEND_KINDS:
         raise TDFusionError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
     dev = _resolve_device(device)
     net = net if net is not None else load_weights(weights)
+    if kind == "onnxruntime-int8" and dev != "cpu":
+        raise BackendUnavailable("the onnxruntime-int8 backend runs on the CPU (use tensorrt with --int8 on a GPU)")
     builders = {
         "torch": lambda: TorchBackend(net, dev, half, threads=threads),
         "onnxruntime": lambda: OnnxRuntimeBackend(net, dev, half, cache_dir, threads),
+        "onnxruntime-int8": lambda: OnnxRuntimeInt8Backend(net, calib, imgsz, cache_dir, threads, int8_options),
         "tensorrt": lambda: TensorRTBackend(net, dev, half, imgsz, cache_dir),
     }
+    if kind == "onnxruntime":
+        try:
+            return builders[kind]()
+        except OrtUnusable as exc:  # asked for onnxruntime, but it cannot run here: still fuse, and say so
+            log.warning("%s; falling back to the torch backend", exc)
+            return builders["torch"]()
     if kind != "auto":
         return builders[kind]()
     if half and not dev.startswith("cuda"):
         log.warning("--half ignored: no CUDA device, the CPU backends run FP32")
         half = False
     order = available_backends() if dev.startswith("cuda") else [k for k in available_backends() if k != "tensorrt"]
+    if imgsz is not None:
+        return _auto_measured(order, builders, net, (int(imgsz[0]), int(imgsz[1])), dev, cache_dir, threads, calib)
     reasons = []
     for candidate in order:
         try:
             backend = builders[candidate]()
-            log.info("auto backend: %s", backend.describe())
+            log.info("auto backend: %s (no input size given, so not measured)", backend.describe())
             return backend
         except BackendUnavailable as exc:
+            if isinstance(exc, OrtUnusable):
+                log.warning("%s; trying the next backend", exc)
             reasons.append(f"{candidate}: {exc}")
     raise BackendUnavailable("no usable backend: " + "; ".join(reasons))
+
+
+def _auto_measured(order: list[str], builders: dict, net: torch.nn.Module, shape: tuple[int, int], dev: str,
+                   cache_dir, threads: int | None, calib) -> FusionBackend:
+    """The fastest gated backend at ``shape``: a cached decision when there is one, else measured now."""
+    from .auto_select import decision_path, machine_id, read_decision, select_fastest
+
+    if dev == "cpu" and "onnxruntime" in order:  # INT8 after its FP32 reference (the probe gate's reference)
+        order = order[:order.index("onnxruntime") + 1] + ["onnxruntime-int8"] + order[order.index("onnxruntime") + 1:]
+    tag = "+".join(order) + ("-calib" if calib is not None else "")
+    path = decision_path(model_hash(net), shape, machine_id(threads), cache_dir, tag)
+    decision = read_decision(path)
+    if decision and decision.get("choice") in builders:
+        try:
+            backend = builders[decision["choice"]]()
+            numbers = ", ".join(f"{m['kind']} {m['ms']:.1f} ms" for m in decision.get("measured", []) if m.get("ms"))
+            log.info("auto backend at %dx%d: %s (cached decision %s: %s)", *shape, backend.describe(), path, numbers)
+            return backend
+        except TDFusionError as exc:
+            log.info("cached auto decision %s no longer usable (%s): measuring again", decision["choice"], exc)
+    backend, _ = select_fastest([(k, builders[k]) for k in order], shape, cache_file=path)
+    return backend

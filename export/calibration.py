@@ -139,7 +139,8 @@ def make_entropy_calibrator(batches: CalibrationBatches, cache_path: str | os.Pa
             return cache_path.read_bytes() if cache_path.is_file() else None
 
         def write_calibration_cache(self, cache) -> None:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            cache_path.write_bytes(bytes(cache))
+            from tdfusion_edge.validation.output_path import atomic_write_bytes
+
+            atomic_write_bytes(cache_path, bytes(cache))
 
     return EntropyCalibrator()

@@ -307,3 +307,13 @@ class DeployFusionNet(nn.Module):
         out = self.decoder(self.fusion(self.encoders(x)))
         out = self.project_out_1(F.leaky_relu(self.project_out_0(out), 0.01))
         return torch.sigmoid(out.float())
+
+
+def deploy_module(net: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The inference form of any fusion network: ``DeployFusionNet`` for FusionNet, else the net's own
+    ``deploy_module(dtype)`` (TDFusion-lite); same I/O either way (ir, vis float32 B×1×H×W → fused)."""
+    if isinstance(net, FusionNet):
+        return DeployFusionNet(net, dtype)
+    if hasattr(net, "deploy_module"):
+        return net.deploy_module(dtype)
+    raise ValueError(f"no inference form for a {type(net).__name__}")

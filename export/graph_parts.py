@@ -177,28 +177,21 @@ def prepare_yolo_for_export(model: nn.Module) -> nn.Module:
 
 
 def load_detector(spec: str) -> nn.Module:
-    """YOLOv8 from a local ``.pt`` or a model yaml (``yolov8n.yaml`` builds an untrained one offline).
+    """YOLOv8 from a local ``.pt``, this project's detector format, or a model yaml (``yolov8n.yaml``).
 
-    Never downloads: a ``.pt`` that is not on disk is a one-line error.
+    Never downloads and never runs code from the file: see ``tdfusion_edge.validation.detector``.
     """
-    from pathlib import Path
-
     try:
-        from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+        import ultralytics  # noqa: F401
     except ImportError:
         raise ExportError("--det needs the ultralytics package (pip install ultralytics)") from None
-    if spec.endswith((".yaml", ".yml")):
-        try:
-            return DetectionModel(spec, ch=3, verbose=False)
-        except (FileNotFoundError, OSError) as exc:
-            raise ExportError(f"YOLO model yaml {spec!r} not found ({exc})") from None
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ExportError(f"detector weights {spec} not found on disk; give a local .pt file, or a model yaml "
-                          f"such as yolov8n.yaml (untrained, built offline)")
+    from tdfusion_edge.validation.detector import DetectorError, check_detector_spec, load_detector_model
+
     try:
-        model, _ = load_checkpoint(str(path))
-    except Exception as exc:  # ultralytics raises many kinds here (unpickling, format)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"cannot load detector {spec}: {first[:160]}") from None
-    return model
+        checked = check_detector_spec(spec, deep=False)
+        if checked.kind in ("yaml", "torch"):
+            return load_detector_model(checked)
+    except DetectorError as exc:  # same message, in the export layer's error type
+        raise ExportError(str(exc)) from None
+    raise ExportError(f"--det {spec}: export puts a PyTorch YOLO in the graph; give a .pt, a converted "
+                      f"detector or a model yaml (an .onnx/.engine detector cannot be merged)")

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from tdfusion_edge.models import FusionNet
 
-from .deploy_net import DeployFusionNet
+from .deploy_net import deploy_module
 from .errors import ExportError
 from .graph_parts import FusionDetectionGraph, FusionGraph, GraphOptions, prepare_yolo_for_export
 
@@ -80,7 +80,7 @@ def build_export_module(net: FusionNet, precision: str = "fp32", options: GraphO
     if precision not in ("fp32", "fp16"):
         raise ExportError(f"ONNX precision must be fp32 or fp16 (INT8 is a TensorRT build option), got {precision!r}")
     dtype = torch.float16 if precision == "fp16" else torch.float32
-    graph = FusionGraph(DeployFusionNet(net, dtype=dtype), options)
+    graph = FusionGraph(deploy_module(net, dtype=dtype), options)
     if detector is not None:
         det = prepare_yolo_for_export(detector)
         if precision == "fp16":
@@ -216,6 +216,34 @@ def _fix_split_num_outputs(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def _export_checked_atomically(module, path: Path, options, outputs, shape, batch, opset, check) -> None:
+    """Export and check into a temporary file beside ``path``, then rename: a failed or killed export
+    never leaves a truncated or unchecked .onnx under the final name."""
+    import tempfile
+
+    from tdfusion_edge.validation.output_path import FILE_MODE, OutputPathError, os_reason
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {os_reason(exc)}") from None
+    try:
+        export_module_onnx(module, tmp, options, outputs, shape, batch, opset)
+        try:
+            check(tmp)
+        except ExportError as exc:  # name the file the user asked for, not the temporary one
+            raise ExportError(str(exc).replace(tmp, str(path))) from None
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {os_reason(exc)}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def export_fusion_onnx(net: FusionNet, path: str | os.PathLike, imgsz: tuple[int, int] | None = None,
                        batch: int | None = 1, precision: str = "fp32", options: GraphOptions = GraphOptions(),
                        detector: nn.Module | None = None, opset: int = DEFAULT_OPSET) -> ExportResult:
@@ -228,8 +256,7 @@ def export_fusion_onnx(net: FusionNet, path: str | os.PathLike, imgsz: tuple[int
     start = time.perf_counter()
     module = build_export_module(net, precision, options, detector)
     outputs = options.output_names() + (["detections"] if detector is not None else [])
-    export_module_onnx(module, path, options, outputs, shape, batch, opset)
-    check_onnx(path)
+    _export_checked_atomically(module, Path(path), options, outputs, shape, batch, opset, check_onnx)
     return ExportResult(path=Path(path), precision=precision, shape=shape, batch=batch, options=options, opset=opset,
                         inputs=options.input_names(), outputs=outputs, detector=detector is not None,
                         seconds=time.perf_counter() - start)

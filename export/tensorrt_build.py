@@ -204,21 +204,20 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, o
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError("TensorRT engine build failed (see the TensorRT messages above)")
-    path = Path(engine_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(bytes(serialized))
-    return path
+    from tdfusion_edge.validation.output_path import atomic_write_bytes
+
+    return atomic_write_bytes(Path(engine_path), bytes(serialized))  # complete engine or none
 
 
 def _reference_outputs(net, graph: GraphOptions, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
     """FP32 PyTorch outputs (first graph output, scaled to [0,1]) for the gate."""
     import torch
 
-    from .deploy_net import DeployFusionNet
+    from .deploy_net import deploy_module
     from .graph_parts import FusionGraph
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = FusionGraph(DeployFusionNet(net), graph).to(device).eval()
+    module = FusionGraph(deploy_module(net), graph).to(device).eval()
     outs = []
     with torch.inference_mode():
         for feed in feeds:

@@ -1,7 +1,9 @@
 """Checkpoints: the released ReFusion/TDFusion state-dict layout and this project's own format.
 
-Every file is untrusted input: loaded with ``weights_only=True``, checked key by key, and any
-missing, unexpected or misshapen tensor is reported in one line naming the key.
+Every file is untrusted input: loaded with ``weights_only=True`` and checked by
+``tdfusion_edge.validation.checkpoint`` (entries, sizes, config against shapes, finite values)
+before any network is built; the first problem is reported in one line naming the key.
+A training state (``runs/<name>/last.pt``) is accepted too: F (or G) is taken from it.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import torch.nn as nn
 
 from .errors import CheckpointError
 from .models import FusionNet, FusionNetConfig, LossGenerator, LossGeneratorConfig
+from .validation.checkpoint import (TRAIN_STATE_FORMAT, check_config_matches_state, check_net_config,
+                                    check_state_entries, parse_version, read_checkpoint, unpack_training_state)
 
 FORMAT_NAME = "tdfusion-edge"
 FORMAT_VERSION = 1
@@ -35,15 +39,8 @@ _RENAMES = (
 
 
 def read_torch_file(path: str | os.PathLike) -> object:
-    """``torch.load`` with ``weights_only=True`` and one-line errors for the usual failures."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds here; all mean "not a usable checkpoint"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+    """``torch.load`` with ``weights_only=True``; a file that is not a checkpoint is named for what it is."""
+    return read_checkpoint(path)
 
 
 def convert_released_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -75,8 +72,14 @@ def infer_config(state: Mapping[str, torch.Tensor], kind: str = "FusionNet"):
         expansion = state["encoder1.0.ffn.project_in.weight"].shape[0] / (2 * dim)
     except KeyError as exc:
         raise CheckpointError(f"checkpoint lacks {exc.args[0]!r}: not a {kind} state dict") from None
+    except (IndexError, ZeroDivisionError):  # 0-d or empty tensors where weights belong
+        raise CheckpointError(f"checkpoint tensors have impossible shapes for a {kind} "
+                              f"(project_in_1.weight {tuple(state['project_in_1.weight'].shape)})") from None
     bias = "project_in_1.bias" in state
-    return cfg_cls(dim=dim, num_blocks=blocks, heads=heads, ffn_expansion=expansion, bias=bias)
+    try:
+        return cfg_cls(dim=dim, num_blocks=blocks, heads=heads, ffn_expansion=expansion, bias=bias)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint shapes give an invalid {kind}: {exc}") from None
 
 
 def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
@@ -128,38 +131,69 @@ def atomic_torch_save(obj: object, path: Path) -> None:
 
 
 def load_model(path: str | os.PathLike, kind: str = "FusionNet") -> tuple[nn.Module, dict]:
-    """Load a ``kind`` network from our format or the released layout; returns (model in eval mode, info)."""
+    """Load a ``kind`` network from our format, a training state or the released layout.
+
+    Returns (model in eval mode, info). Everything is validated before the network is built.
+    """
+    model_cls, cfg_cls = MODEL_CLASSES[kind]
     obj = read_torch_file(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
-    if obj.get("format") == FORMAT_NAME:
+    fmt = obj.get("format")
+    if fmt == FORMAT_NAME:
         if obj.get("model") != kind:
-            raise CheckpointError(f"{path} holds a {obj.get('model')}, not a {kind}")
-        if int(obj.get("version", -1)) > FORMAT_VERSION:
-            raise CheckpointError(f"{path} is format version {obj.get('version')}; this build reads up to {FORMAT_VERSION}")
-        try:
-            config = MODEL_CLASSES[kind][1].from_dict(dict(obj["config"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path} has an invalid model config: {exc}") from None
-        state = obj.get("state_dict")
-        if not isinstance(state, Mapping):
-            raise CheckpointError(f"{path} has no state_dict")
-        info = {"format": FORMAT_NAME, "provenance": dict(obj.get("provenance", {}))}
+            raise CheckpointError(f"{path} holds a {str(obj.get('model'))[:40]}, not a {kind}")
+        version = parse_version(obj.get("version"), path)
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"{path} is format version {version}; this build reads up to {FORMAT_VERSION}")
+        state = check_state_entries(obj.get("state_dict"), path)
+        config = check_net_config(obj.get("config"), path, cfg_cls)
+        prov = obj.get("provenance")
+        info = {"format": FORMAT_NAME, "provenance": dict(prov) if isinstance(prov, Mapping) else {}}
+    elif fmt == TRAIN_STATE_FORMAT:
+        parse_version(obj.get("version"), path)
+        config_values, state = unpack_training_state(obj, path, kind)
+        state = check_state_entries(state, path)
+        config = check_net_config(config_values, path, cfg_cls)
+        info = {"format": "train-state", "provenance": {"source": str(path)}}
+    elif isinstance(fmt, str):
+        raise CheckpointError(f"{path} is of unknown format {fmt[:40]!r}; expected {FORMAT_NAME!r}, "
+                              f"a training state or the released layout")
     else:
-        state = convert_released_state_dict(obj)
-        config = infer_config(state, kind)
+        # finite-value checks run before the twin comparison: NaN twins are "non-finite", not "differ"
+        state = convert_released_state_dict(check_state_entries(obj, path))
+        config = check_net_config(infer_config(state, kind).to_dict(), path, cfg_cls)
+    check_config_matches_state(config, state, path, model_cls)
+    if fmt != FORMAT_NAME and fmt != TRAIN_STATE_FORMAT:
         info = {"format": "released", "provenance": {"source": str(path)}}
-    model = MODEL_CLASSES[kind][0](config)
+    model = model_cls(config)
     load_state_strict(model, state)
     info["config"] = config.to_dict()
     return model.eval(), info
 
 
-def load_fusion_net(path: str | os.PathLike) -> FusionNet:
-    """FusionNet from any supported checkpoint, in eval mode on the CPU."""
-    return load_model(path, "FusionNet")[0]
+def load_fusion_net(path: str | os.PathLike) -> nn.Module:
+    """The fusion network (FusionNet, or TDFusion-lite) of any supported checkpoint or built-in name
+    (``default``, ``lite``), in eval mode on the CPU."""
+    from .lite_weights import load_lite_if_lite  # lazy: lite_weights imports this module
+
+    path = resolve_weights(path)
+    lite = load_lite_if_lite(path)
+    return lite if lite is not None else load_model(path, "FusionNet")[0]
 
 
 def default_weights_path() -> Path:
     """The fusion weights that ship inside the package (trained by this project, see the README)."""
     return Path(__file__).resolve().parent / "weights" / "tdfusion_edge_default.pt"
+
+
+# Built-in model names accepted wherever a weights path is (--weights lite): file in tdfusion_edge/weights/.
+BUILTIN_WEIGHTS = {"default": "tdfusion_edge_default.pt", "lite": "tdfusion_edge_lite.pt"}
+
+
+def resolve_weights(spec: str | os.PathLike) -> Path:
+    """A built-in model name (``default``, ``lite``) → its file inside the package; anything else → ``Path(spec)``."""
+    name = str(spec)
+    if name in BUILTIN_WEIGHTS and not Path(name).exists():
+        return Path(__file__).resolve().parent / "weights" / BUILTIN_WEIGHTS[name]
+    return Path(spec)

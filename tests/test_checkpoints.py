@@ -86,7 +86,7 @@ def test_wrong_model_kind_is_rejected(tmp_path):
 def test_unreadable_and_missing_files(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="is a text file, not a PyTorch checkpoint"):
         read_torch_file(junk)
     with pytest.raises(CheckpointError, match="not found"):
         read_torch_file(tmp_path / "nope.pth")

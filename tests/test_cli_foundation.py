@@ -22,7 +22,7 @@ def test_help_lists_every_command_with_an_example():
     top = tdf("--help")
     assert top.returncode == 0
     for module in COMMANDS:
-        name = module.replace("_cmd", "")
+        name = module.replace("_cmd", "").replace("_", "-")
         assert name in top.stdout
         sub = tdf(name, "--help")
         assert sub.returncode == 0, sub.stderr
@@ -32,7 +32,7 @@ def test_help_lists_every_command_with_an_example():
 def test_info_reports_versions_and_backends():
     res = tdf("info")
     assert res.returncode == 0, res.stderr
-    for key in ("torch", "triton kernels", "fusion backends usable", "cuda available"):
+    for key in ("torch", "triton kernels", "fusion backends usable", "cuda available", "live pre-processing"):
         assert key in res.stdout
 
 
@@ -97,7 +97,7 @@ def test_fuse_rejects_corrupt_checkpoint(pair_folders, tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"garbage")
     res = tdf("fuse", "--ir", ir, "--vis", vis, "--out", tmp_path / "o", "--weights", bad, "--backend", "torch")
-    assert res.returncode == 2 and "cannot read checkpoint" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "not a PyTorch checkpoint" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_fuse_released_weights_on_roadscene(released_weights, roadscene, tmp_path):

@@ -39,6 +39,7 @@ def test_export_onnx_writes_checked_model_and_parity(small_weights, tmp_path):
     assert res.returncode == 0, res.stderr
     assert out.is_file()
     assert f"wrote {out}" in res.stdout and "opset 17" in res.stdout and "onnx.checker: passed" in res.stdout
+    assert "exporting to ONNX (48×64, fp32)" in res.stdout and "parity check" in res.stderr  # progress (tqdm)
     values = parity_values(res.stdout)
     assert values and max(values) <= 1e-4
     import onnxruntime as ort

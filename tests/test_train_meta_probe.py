@@ -63,6 +63,8 @@ def test_probe_command_prints_its_table():
     lines = run.stdout.splitlines()
     assert lines[0].split()[:2] == ["pair", "dLt/dw"] and lines[3].startswith("mean")
     assert "F' response objects / background:" in lines[-1]
+    # the long loops show progress (on stderr, so the table on stdout stays clean)
+    assert "warm-up: learning F, T" in run.stderr and "probing meta-train/meta-test pairs" in run.stderr
     bad = subprocess.run([sys.executable, "-m", "tdfusion_edge.train.meta_probe", "--set", "epochs=0"],
                          capture_output=True, text=True, timeout=600, env=env)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "epochs" in bad.stderr

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from tdfusion_edge.errors import TDFusionError
+from tdfusion_edge.validation.train_config import ConfigError, check_train_values
 from tdfusion_edge.models import FusionNetConfig, LossGeneratorConfig
 
 TASKS = ("seg", "det")
@@ -22,10 +22,6 @@ INNER_TASK_STEPS = ("adam", "sgd")
 INTENSITY_FORMS = ("paper", "released")
 # Table 3 of the paper, one switch each (see ablations.py for what each one changes).
 ABLATIONS = ("fixed_w", "no_grad_loss", "task_drives_f", "no_fusion_phase", "weighted_average")
-
-
-class ConfigError(TDFusionError):
-    """A training configuration that cannot be used (unknown key, bad value, bad file)."""
 
 
 @dataclass
@@ -136,6 +132,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         merged = {k: _coerce(k, v) for k, v in values.items()}
+        check_train_values(merged)
         for net in ("fusion_net", "loss_generator"):
             if net in merged and merged[net] is not None:
                 base = (FusionNetConfig() if net == "fusion_net" else LossGeneratorConfig()).to_dict()
@@ -223,7 +220,9 @@ def build_config(config_file: str | Path | None = None, overrides: Sequence[str]
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the config as YAML beside the run's outputs (what ``--config`` reads back)."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    from tdfusion_edge.validation.output_path import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 _FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}

@@ -16,6 +16,7 @@ from tdfusion_edge.data.collate import swap_pairs
 from tdfusion_edge.data.loader import PairLoader, make_loader
 from tdfusion_edge.data.spec import DatasetSpec, load_dataset_yaml, spec_from_dict
 from tdfusion_edge.errors import TDFusionError
+from tdfusion_edge.validation.dataset_yaml import check_labels_present
 
 from .config import TrainConfig
 
@@ -26,11 +27,18 @@ def dataset_spec(cfg: TrainConfig) -> DatasetSpec:
     """``data: synthetic`` (options under ``synthetic``) or a dataset YAML path."""
     if cfg.data == "synthetic":
         values = {**SYNTHETIC_DEFAULTS, **(cfg.synthetic or {}), "layout": "synthetic", "task": cfg.task}
-        spec = spec_from_dict(values, base_dir=Path.cwd())
+        spec = spec_from_dict(values, base_dir=Path.cwd(), where="config key synthetic")
     else:
+        if Path(cfg.data).expanduser().is_dir():
+            raise TDFusionError(f"--data {cfg.data} is a folder; training reads a dataset YAML (e.g. layout: paired, "
+                                f"path: {cfg.data}, train: train, with labels in {{split}}/masks or {{split}}/labels)")
         spec = load_dataset_yaml(cfg.data)
     if spec.task != cfg.task:
         raise TDFusionError(f"dataset {cfg.data} is labelled for task {spec.task!r}, but --task is {cfg.task!r}")
+    # the task network learns from labels: a split without any is refused before anything is built
+    for split in ("train", eval_split(spec)):
+        if split is not None:
+            check_labels_present(spec, split)
     return spec
 
 
@@ -137,8 +145,11 @@ class BatchStream:
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` left off (same pass, same next batch)."""
         self.pass_index = int(state["pass"])
-        if state.get("loader") is not None:
-            self.loader.load_state_dict(state["loader"])
+        loader_state = state.get("loader")
+        if loader_state is not None and not self.loader.pass_finished(loader_state):
+            self.loader.load_state_dict(loader_state)
             self._it = iter(self.loader)
         else:
+            # saved before any pass, or when one had just run out: the next batch starts the next pass,
+            # numbered by this stream as in the uninterrupted run (not by the loader's own epoch count)
             self._it = None

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.func import functional_call
+from tqdm import tqdm
 
 from tdfusion_edge.data.collate import collate_fn, swap_pairs
 from tdfusion_edge.errors import TDFusionError
@@ -116,20 +117,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--warm", type=int, default=0, help="fusion steps (F on L_f, T on L_t) before probing")
     parser.add_argument("--pairs", type=int, default=4, help="meta-train/meta-test pairs to probe")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     args = parser.parse_args(argv)
     from .trainer import Trainer
 
     try:
         cfg = build_config(args.config, args.overrides)
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(cfg, tmp, progress=False)
+            trainer = Trainer(cfg, tmp, progress=not args.no_progress)
             trainer.warm_up(args.warm)
             nets = trainer.meta_nets()
             hyper = MetaHyper(inner_lr=cfg.inner_lr or trainer.f_lr, task_lr=trainer.t_opt.param_groups[0]["lr"],
                               inner_task_step=cfg.inner_task_step, loss=trainer.loss_settings)
             dataset = eval_dataset(cfg, trainer.spec, trainer.eval_split or "train")
-            rows = [probe_pair(nets, hyper, inner, outer, trainer.t_opt)
-                    for inner, outer in probe_batches(dataset, args.pairs, cfg.swap, trainer.device)]
+            batches = tqdm(probe_batches(dataset, args.pairs, cfg.swap, trainer.device), total=args.pairs,
+                           desc="probing meta-train/meta-test pairs", disable=args.no_progress, leave=False)
+            rows = [probe_pair(nets, hyper, inner, outer, trainer.t_opt) for inner, outer in batches]
     except TDFusionError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(f"{'pair':>4} {'dLt/dw objects':>15} {'dLt/dw backgr.':>15} {'dF objects':>11} {'dF backgr.':>11} {'L_t':>6}")

@@ -54,6 +54,26 @@ def save_state(payload: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete the ``*.tmp`` files a killed atomic write left in a run folder (and its weight_maps/).
+
+    Call before the run writes anything: no write of this run can then be in flight. Returns what was removed.
+    """
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / "weight_maps"):
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            # both atomic writers name their temporaries <name>.<random>.tmp (optionally with a leading dot)
+            if entry.suffix == ".tmp" and entry.name.count(".") >= 2 and entry.is_file() and not entry.is_symlink():
+                try:
+                    entry.unlink()
+                except OSError:  # not ours to remove after all (permissions): leave it
+                    continue
+                removed.append(entry)
+    return removed
+
+
 def load_state(path: str | Path) -> dict[str, Any]:
     """Read a training state (``weights_only=True``) and check it is one."""
     obj = read_torch_file(path)

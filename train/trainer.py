@@ -6,7 +6,10 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
+import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +31,10 @@ from .data_stream import BatchStream, dataset_spec, eval_dataset, eval_loader, e
 from .distributed import DistContext, GradReducer, broadcast_module_, unwrap, wrap_ddp
 from .evaluation import evaluate, fixed_samples, masked_mean, weights_and_fused
 from .fusion_phase import fusion_step
+from .interrupt import StopRequest, TrainingInterrupted
 from .meta_step import LossSettings, MetaHyper, MetaNets, meta_step
 from .meters import Meters
-from .state import capture_rng, load_state, restore_rng, save_state
+from .state import capture_rng, load_state, remove_stale_temporaries, restore_rng, save_state
 from .weight_maps import save_weight_maps
 
 log = logging.getLogger("tdfusion_edge.train")
@@ -76,6 +80,8 @@ class Trainer:
         self.meters = Meters()
         self.history: list[dict[str, float]] = []
         self.last_checkpoint: Path | None = None
+        self._saved_at: int | None = None  # global step of the last last.pt written
+        self.stop = StopRequest()
         self._writer = None
         self._log_handler: logging.Handler | None = None
 
@@ -162,12 +168,16 @@ class Trainer:
         if not self.ctx.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temporaries(self.out)
         save_config(self.cfg, self.out / "config.yaml")
         self._log_handler = logging.FileHandler(self.out / "train.log")
         self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(self._log_handler)
         if log.level == logging.NOTSET:
             log.setLevel(logging.INFO)
+        if removed:
+            log.info("removed %d stale temporary file(s) left by an interrupted write: %s", len(removed),
+                     ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -197,6 +207,14 @@ class Trainer:
         # every process calls mean_scalar in the same order (same keys), so DDP stays in step
         window = {k: self.reducer.mean_scalar(v) for k, v in window.items()}
         self._scalars(phase, window, self.position.global_step)
+        if self.ctx.is_main:
+            p = self.position
+            total = self.cfg.meta_steps if phase == "meta" else self.fusion_steps
+            losses = ", ".join(f"{k} {v:.4g}" for k, v in window.items() if "loss" in k and math.isfinite(v))
+            # with progress bars on, the bar already shows this
+            (log.debug if self.progress else log.info)("epoch %d/%d %s step %d/%d (global step %d) | %s",
+                                                       p.epoch + 1, self.cfg.epochs, phase, p.step, total,
+                                                       p.global_step, losses)
         self._scalars("lr", {"F": self.f_lr, "G": self.g_lr()}, self.position.global_step)
 
     # ----------------------------------------------------------------------------------- checkpoints
@@ -226,11 +244,26 @@ class Trainer:
     def save(self, name: str = "last.pt") -> Path | None:
         """Write the full training state (collective under DDP; rank 0 writes). Returns the path on rank 0."""
         payload = self._payload()
-        path = save_state(payload, self.out / name) if self.ctx.is_main else None
+        with self.stop.writing():
+            path = save_state(payload, self.out / name) if self.ctx.is_main else None
         self.reducer.barrier()
         if name == "last.pt":
             self.last_checkpoint = self.out / name
+            self._saved_at = self.position.global_step
         return path
+
+    def stop_if_requested(self) -> None:
+        """After a step: on a stop signal (on any process), write last.pt unless just written, then stop."""
+        if not self.reducer.any_true(self.stop.requested):
+            return
+        if self._saved_at != self.position.global_step:
+            self.save("last.pt")
+        self.stop.settle()
+        signum = self.stop.signum or 15  # under DDP another process may have been the one signalled
+        p = self.position
+        log.warning("stopped by %s at epoch %d, %s step %d (global step %d); final checkpoint %s",
+                    signal.Signals(signum).name, p.epoch + 1, p.phase, p.step, p.global_step, self.last_checkpoint)
+        raise TrainingInterrupted(signum, self.last_checkpoint)
 
     def _export_models(self) -> None:
         if not self.ctx.is_main:
@@ -284,6 +317,7 @@ class Trainer:
             self._log_window(phase)
         if self.position.global_step % self.cfg.checkpoint_every == 0:
             self.save("last.pt")
+        self.stop_if_requested()
 
     def _fusion_step(self, batch: dict) -> dict[str, float]:
         res = fusion_step(self.fusion, self.task, self.loss_gen, to_task_input, batch, self.f_opt, self.t_opt,
@@ -293,8 +327,12 @@ class Trainer:
     def warm_up(self, steps: int) -> None:
         """``steps`` fusion steps (F on L_f, T on L_t) on the next batches, outside the epoch schedule."""
         self.stream.start_pass()
-        for _ in range(steps):
-            self._fusion_step(self.stream.next())
+        with self._tqdm(steps, 0, "warm-up: learning F, T") as bar:
+            for _ in range(steps):
+                values = self._fusion_step(self.stream.next())
+                bar.set_postfix(L_f=f"{values['fusion_loss_f']:.4f}", L_t=f"{values['fusion_loss_t']:.4f}",
+                                refresh=False)
+                bar.update(1)
 
     def run_meta_phase(self) -> None:
         """M meta steps (inner + outer update of G); with ablation IV, F and T also step on each inner batch."""
@@ -383,10 +421,14 @@ class Trainer:
     def end_epoch(self) -> dict[str, float]:
         """LR schedules step; evaluation, weight maps, the summary line; checkpoints and model files."""
         epoch = self.position.epoch
-        self.f_sched.step()
-        self.t_sched.step()
-        if self.g_sched is not None:
-            self.g_sched.step()
+        with warnings.catch_warnings():
+            # a run resumed at the end of a phase steps its (restored) schedules before this process has
+            # stepped an optimizer; torch's warning about skipping the first lr value does not apply then
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+            self.f_sched.step()
+            self.t_sched.step()
+            if self.g_sched is not None:
+                self.g_sched.step()
         train_means = {k: self.reducer.mean_scalar(v) for k, v in self.meters.epoch_means().items()}
         summary = {**train_means}
         if self.ctx.is_main:
@@ -422,10 +464,15 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- the loop
     def fit(self, resume: str | Path | None = None) -> list[dict[str, float]]:
-        """Train to ``cfg.epochs`` (continuing from ``resume`` if given); returns the per-epoch summaries."""
+        """Train to ``cfg.epochs`` (continuing from ``resume`` if given); returns the per-epoch summaries.
+
+        SIGINT / SIGTERM end it after the current step with a final ``last.pt`` and ``TrainingInterrupted``;
+        the signal handlers then stay (ignoring late signals) until ``self.stop.uninstall()``.
+        """
         if resume is not None:
             self.load(resume)
         self._open_outputs(resumed=resume is not None)
+        self.stop.install()
         try:
             if self.ctx.is_main:
                 n_f = sum(p.numel() for p in unwrap(self.fusion).parameters())
@@ -453,6 +500,10 @@ class Trainer:
                         self.run_fusion_phase()
                     self.position.phase, self.position.step = "end", 0
                 self.end_epoch()
+                if self.position.epoch < self.cfg.epochs:
+                    self.stop_if_requested()  # last.pt of the epoch's end is the final checkpoint
             return self.history
         finally:
+            if not self.stop.settled:  # after a stop, late signals stay harmless until the process exits
+                self.stop.uninstall()
             self._close_outputs()

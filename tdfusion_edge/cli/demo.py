@@ -6,23 +6,31 @@ from pathlib import Path
 
 from tdfusion_edge.imaging import LoadedPair, luma_and_chroma, merge_chroma, write_image
 
-from .common import add_command
+from tdfusion_edge.validation.numbers import int_in
+
+from .common import add_command, add_run_dir_options, run_dir
+
+MAX_PAIRS = 200
+MAX_SIDE = 2048  # synthetic scenes are rendered on the CPU
 
 
 def add_parser(subparsers) -> None:
     p = add_command(subparsers, "demo", "fuse, evaluate and show built-in synthetic IR/visible scenes",
-                    "tdfusion-edge demo --out tdfusion_demo")
-    p.add_argument("--out", default="tdfusion_demo", help="output folder (default: ./tdfusion_demo)")
-    p.add_argument("--pairs", type=int, default=6, help="number of synthetic scenes (half day, half night)")
-    p.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
+                    "tdfusion-edge demo --pairs 6")
+    add_run_dir_options(p, "demo")
+    p.add_argument("--pairs", type=int_in(1, MAX_PAIRS), default=6,
+                   help=f"number of synthetic scenes, 1-{MAX_PAIRS} (half day, half night)")
+    p.add_argument("--size", type=int_in(16, MAX_SIDE), nargs=2, default=(240, 320), metavar=("H", "W"),
+                   help=f"scene height and width, 16-{MAX_SIDE} each (default 240 320)")
     p.add_argument("--weights", default=None, help="fusion checkpoint; default: the built-in weights")
     p.add_argument("--backend", default="auto", help="inference backend (auto, torch, onnxruntime, tensorrt)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=2025)
-    p.add_argument("--live-frames", type=int, default=24,
+    p.add_argument("--live-frames", type=int_in(0, 10000), default=24,
                    help="frames of the live pipeline on synthetic camera streams (0: skip that step)")
     p.add_argument("--det", default="none",
-                   help="detector for the live step: none, yolov8n.pt (downloads once), a local .pt/.onnx/.engine")
+                   help="detector for the live step: none, yolov8n.yaml (untrained), a local .pt (never downloaded), "
+                        "a converted detector (convert-det) or .onnx/.engine")
     p.set_defaults(func=run)
 
 
@@ -49,9 +57,12 @@ def run(args) -> int:
     from tdfusion_edge.montage import montage
     from tdfusion_edge.metrics import compute_metrics, load_gray_for_metrics
     from tdfusion_edge.metrics.table import format_table, mean_row, write_csv
+    from tdfusion_edge.validation.detector import check_detector_spec
 
+    if args.live_frames > 0:
+        check_detector_spec(args.det)  # before anything is written: a missing yolov8n.pt fails here, not at step 5
     start = time.perf_counter()
-    out = Path(args.out)
+    out = run_dir(args.out, "demo", args.exist_ok)
     print(f"1/5 making {args.pairs} synthetic IR/visible scenes ({args.size[0]}x{args.size[1]})")
     pairs = make_demo_pairs(out, args.pairs, tuple(args.size), args.seed)
     backend = create_backend(args.backend, weights=args.weights, device=args.device)

@@ -11,10 +11,13 @@ from tqdm import tqdm
 from tdfusion_edge.errors import TDFusionError
 from tdfusion_edge.metrics import CONVENTIONS, compute_metrics_conventions, load_gray_for_metrics, resolve_metric_names
 from tdfusion_edge.metrics.table import format_table, mean_row, write_csv, write_json
+from tdfusion_edge.validation.image import (IMAGE_EXTENSIONS, ImageTooLarge, check_distinct_inputs, index_images,
+                                            max_pixels)
+from tdfusion_edge.validation.output_path import check_output_file
 
 from .common import add_command, existing_dir
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = set(IMAGE_EXTENSIONS)
 # Long skip lists bury the table; past this many only a count is printed.
 MAX_SKIPS_SHOWN = 20
 
@@ -32,6 +35,9 @@ def add_parser(subparsers) -> None:
                    help="comma-separated subset, e.g. EN,SF,SCD,VIF,Qabf,SSIM (default: all twelve)")
     p.add_argument("--csv", default=None, help="also write per-image values and means to this CSV file")
     p.add_argument("--json", default=None, help="also write per-image values, means and skips to this JSON file")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="skip images larger than this many pixels, read from the header before decoding "
+                        "(default 40e6 or $TDFUSION_EDGE_MAX_PIXELS)")
     p.set_defaults(func=run)
 
 
@@ -41,25 +47,23 @@ class Skip:
     reason: str
 
 
-def _index(folder: Path) -> tuple[dict[str, Path], set[str]]:
-    """Image files of a folder by stem, and the stems that more than one file shares."""
-    by_stem: dict[str, Path] = {}
-    clashes: set[str] = set()
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            if path.stem in by_stem:
-                clashes.add(path.stem)
-            by_stem.setdefault(path.stem, path)
-    return by_stem, clashes
+def _index(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Image files of a folder by stem (one shared index for every command), and the stems several files share."""
+    index = index_images(folder, tuple(IMAGE_SUFFIXES))
+    # A shared stem is ambiguous: keep one entry so the skip is reported (not a "missing source").
+    by_stem = {**index.by_stem, **{stem: paths[0] for stem, paths in index.duplicates.items()}}
+    return by_stem, index.duplicates
 
 
-def _load_triple(fused: Path, ir: Path, vis: Path) -> list[np.ndarray] | str:
+def _load_triple(fused: Path, ir: Path, vis: Path, limit: int | None = None) -> list[np.ndarray] | str:
     """The three gray images, or the reason to skip them (first unreadable file, or differing sizes)."""
     images = []
     for role, path in (("fused", fused), ("ir", ir), ("vis", vis)):
         try:
-            images.append(load_gray_for_metrics(path))
-        except ValueError:
+            images.append(load_gray_for_metrics(path, limit))
+        except ValueError as exc:
+            if isinstance(getattr(exc, "cause", None), ImageTooLarge):
+                return f"{role}: {exc.cause}"
             return f"unreadable {role} image {path.name}"
     shapes = [im.shape for im in images]
     if len(set(shapes)) > 1:
@@ -75,8 +79,9 @@ def _parse_metrics(text: str | None) -> list[str]:
         raise TDFusionError(str(exc)) from None
 
 
-def _evaluate(fused: dict[str, Path], ir: dict[str, Path], vis: dict[str, Path], clashes: dict[str, set[str]],
-              conventions: list[str], names: list[str]) -> tuple[dict[str, dict[str, dict[str, float]]], list[Skip]]:
+def _evaluate(fused: dict[str, Path], ir: dict[str, Path], vis: dict[str, Path],
+              clashes: dict[str, dict[str, list[Path]]], conventions: list[str], names: list[str],
+              limit: int | None = None) -> tuple[dict[str, dict[str, dict[str, float]]], list[Skip]]:
     """Per-convention per-image values of every fused image that forms a good triple, and the skips."""
     results: dict[str, dict[str, dict[str, float]]] = {c: {} for c in conventions}
     skips: list[Skip] = []
@@ -85,11 +90,12 @@ def _evaluate(fused: dict[str, Path], ir: dict[str, Path], vis: dict[str, Path],
         if missing:
             skips.append(Skip(stem, f"no {' or '.join(missing)} source with this name"))
             continue
-        clash = [role for role, stems in clashes.items() if stem in stems]
+        clash = [f"{role} ({', '.join(p.name for p in stems[stem])})" for role, stems in clashes.items()
+                 if stem in stems]
         if clash:
-            skips.append(Skip(stem, f"ambiguous: several files share this name in {', '.join(clash)}"))
+            skips.append(Skip(stem, f"ambiguous: several files share this name in {'; '.join(clash)}"))
             continue
-        loaded = _load_triple(fused[stem], ir[stem], vis[stem])
+        loaded = _load_triple(fused[stem], ir[stem], vis[stem], limit)
         if isinstance(loaded, str):
             skips.append(Skip(stem, loaded))
             continue
@@ -108,11 +114,17 @@ def run(args) -> int:
     conventions = list(CONVENTIONS) if args.convention == "both" else [args.convention]
     ir_dir, vis_dir, fused_dir = (existing_dir(args.ir, "--ir"), existing_dir(args.vis, "--vis"),
                                   existing_dir(args.fused, "--fused"))
+    check_distinct_inputs([("--ir", ir_dir), ("--vis", vis_dir)])
+    limit = max_pixels(args.max_pixels)
+    inputs = [("--ir", ir_dir), ("--vis", vis_dir), ("--fused", fused_dir)]
+    for flag, target in (("--csv", args.csv), ("--json", args.json)):
+        if target:  # checked before the (long) evaluation, so a bad path fails in a second, not after it
+            check_output_file(target, inputs, flag, tuple(IMAGE_SUFFIXES))
     (ir, ir_clash), (vis, vis_clash), (fused, fused_clash) = _index(ir_dir), _index(vis_dir), _index(fused_dir)
     if not fused:
         raise TDFusionError(f"no images found in --fused folder {fused_dir}")
     clashes = {"fused": fused_clash, "ir": ir_clash, "vis": vis_clash}
-    results, skips = _evaluate(fused, ir, vis, clashes, conventions, names)
+    results, skips = _evaluate(fused, ir, vis, clashes, conventions, names, limit)
 
     evaluated = len(results[conventions[0]])
     means = {conv: mean_row(rows, names) for conv, rows in results.items()}

@@ -43,12 +43,31 @@ def collect_info() -> dict[str, object]:
                               else "installed; CPU runs the references (TRITON_INTERPRET=1 to interpret)"
                               if triton_available() else "not available")
     info["nvcc"] = shutil.which("nvcc") or "not found"
+    info["live pre-processing"] = _preprocessing()
     try:
         backends = importlib.import_module("tdfusion_edge.export.backends")
         info["fusion backends usable"] = ", ".join(backends.available_backends())
     except (ImportError, AttributeError):
         info["fusion backends usable"] = "torch"
     return info
+
+
+def _preprocessing() -> str:
+    """Where the live app's pre-processing runs here, and why not on the GPU (said here, once, rather
+    than logged by every run)."""
+    try:
+        from tdfusion_edge.apps.cuda_kernels import CudaPreprocessor, CudaUnavailable
+    except ImportError as exc:
+        return f"NumPy/OpenCV on the CPU (CUDA kernels not importable: {exc})"
+    try:
+        pre = CudaPreprocessor("auto")
+    except CudaUnavailable as exc:
+        return f"NumPy/OpenCV on the CPU ({exc})"
+    except Exception as exc:  # a broken driver or toolkit must not stop `info`
+        return f"NumPy/OpenCV on the CPU (CUDA kernels failed: {type(exc).__name__}: {str(exc)[:120]})"
+    name = pre.name
+    pre.close()
+    return f"CUDA kernels, {name}"
 
 
 def run(args) -> int:

@@ -3,8 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+from pathlib import Path
 
-from .common import add_command
+from tdfusion_edge.validation.numbers import (float_in, hw_size, int_in, parse_hw as parse_size, port, positive_float,
+                                              positive_int)
+
+from .common import add_command, run_dir
+
+log = logging.getLogger("tdfusion_edge.live")
+
+MAX_SIDE = 4096  # processing and detector sizes (4K frames fit)
 
 EXAMPLE = ("tdfusion-edge live --ir /dev/video1 --vis /dev/video0 --homography H.yaml --det yolov8n.pt "
            "--serve 8080 --save out.mp4")
@@ -22,51 +31,68 @@ def add_parser(subparsers) -> None:
     src.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
                      help="replay files/folders at their own rate, dropping what processing cannot keep up with "
                           "(default); --no-realtime processes every frame as fast as possible")
-    src.add_argument("--max-skew-ms", type=float, default=40.0, help="largest IR/visible time difference of a pair")
-    src.add_argument("--stall-timeout", type=float, default=None,
+    src.add_argument("--max-skew-ms", type=positive_float, default=40.0,
+                     help="largest IR/visible time difference of a pair")
+    src.add_argument("--stall-timeout", type=positive_float, default=None,
                      help="seconds without frames before a live source counts as lost (default: max(1 s, 3 frames))")
 
     proc = p.add_argument_group("processing")
     proc.add_argument("--homography", default=None, help="IR→visible homography (YAML/JSON from `tdfusion-edge calibrate`)")
-    proc.add_argument("--weights", default=None, help="fusion checkpoint (default: the package's weights)")
-    proc.add_argument("--backend", default="auto", help="fusion backend: auto, torch, onnxruntime, tensorrt")
+    proc.add_argument("--weights", default=None,
+                      help="fusion checkpoint (released layout or ours), or a built-in name: default, "
+                           "lite (TDFusion-lite, ~30x cheaper); default: the built-in weights")
+    proc.add_argument("--backend", default="auto",
+                      help="fusion backend: auto (with --size: the fastest that passes its gate, measured), "
+                           "torch, onnxruntime, onnxruntime-int8, tensorrt")
+    proc.add_argument("--calib", default=None, metavar="DIR",
+                      help="real IR/visible pairs (ir/ + vi/ images or clips) to calibrate INT8 on; "
+                           "once per network and size (cached)")
+    proc.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                      help="detect frame n while fusing frame n+1 (queue depth 1); default: on when a detector "
+                           "runs with CPU pre-processing")
     proc.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     proc.add_argument("--half", action="store_true", help="FP16 on GPU backends")
     proc.add_argument("--det", default="none",
-                      help="detector: none (fusion only), yolov8n.pt, yolov8n.yaml (untrained), or a .pt/.onnx/.engine path")
-    proc.add_argument("--det-conf", type=float, default=0.25, help="detection confidence threshold")
-    proc.add_argument("--det-imgsz", type=int, default=None, help="detector input size (must match a static engine)")
-    proc.add_argument("--size", default=None, metavar="HxW", help="processing size, e.g. 240x320 (default: the visible frame's)")
+                      help="detector: none (fusion only), yolov8n.yaml (untrained), a local .pt (never downloaded), "
+                           "a converted detector (convert-det), or an .onnx/.engine path")
+    proc.add_argument("--det-conf", type=float_in(0.0, 1.0), default=0.25, help="detection confidence threshold")
+    proc.add_argument("--det-imgsz", type=int_in(32, MAX_SIDE), default=None,
+                      help="detector input size (must match a static engine)")
+    proc.add_argument("--size", type=hw_size(16, MAX_SIDE), default=None, metavar="HxW",
+                      help="processing size, e.g. 240x320 (default: the visible frame's)")
     proc.add_argument("--stretch", choices=("minmax", "none"), default="minmax",
                       help="stretch the fused image by its min/max as the released inference does (default)")
     proc.add_argument("--preprocess", choices=("auto", "numpy", "cuda", "pycuda", "cupy"), default="auto",
                       help="where pre-processing runs: CUDA kernels when usable, else NumPy/OpenCV")
-    proc.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads")
+    proc.add_argument("--threads", type=int_in(1, 1024), default=None, help="PyTorch CPU threads")
 
     out = p.add_argument_group("outputs")
     out.add_argument("--show", action="store_true", help="show a window (needs a display)")
     out.add_argument("--save", default=None, metavar="VIDEO", help="write the output video (.mp4, .avi, .mkv)")
-    out.add_argument("--save-fps", type=float, default=None, help="frame rate written into the video (default: the visible source's)")
+    out.add_argument("--save-fps", type=float_in(0.0, 1000.0, min_inclusive=False), default=None,
+                     help="frame rate written into the video (default: the visible source's)")
     out.add_argument("--frames-dir", default=None, help="write every output frame as an image into this folder")
     out.add_argument("--jsonl", default=None, help="write detections per frame as JSON lines")
-    out.add_argument("--serve", type=int, default=None, metavar="PORT", help="MJPEG stream at http://HOST:PORT/")
+    out.add_argument("--serve", type=port, default=None, metavar="PORT",
+                     help="MJPEG stream at http://HOST:PORT/ (1-65535)")
     out.add_argument("--serve-host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it on the network)")
     out.add_argument("--stats", default=None, help="write run statistics (JSON) here at the end")
-    out.add_argument("--out", default=None, help="folder for live.mp4, detections.jsonl and stats.json")
+    out.add_argument("--out", default=None, nargs="?", const="", metavar="DIR",
+                     help="folder for live.mp4, detections.jsonl and stats.json; '--out' alone: runs/live/exp "
+                          "(then exp2, ...); an existing folder gets the next free number")
+    out.add_argument("--exist-ok", action="store_true", help="write into an existing --out folder")
     out.add_argument("--view", choices=("fused", "side-by-side"), default="fused", help="output layout")
     out.add_argument("--no-hud", action="store_true", help="no FPS/latency text on the frames")
-    out.add_argument("--max-frames", type=int, default=None, help="stop after N output frames")
-    out.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    out.add_argument("--max-frames", type=positive_int, default=None, help="stop after N output frames")
+    out.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
     p.set_defaults(func=run)
 
 
-def parse_hw(text: str | None) -> tuple[int, int] | None:
-    """'240x320' → (240, 320); None stays None."""
-    if not text:
-        return None
-    from tdfusion_edge.apps.synthetic_stream import parse_hw as parse_size
-
-    return parse_size(text)
+def parse_hw(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """'240x320' → (240, 320); a parsed (H, W) and None stay as they are."""
+    if not text or isinstance(text, tuple):
+        return text or None
+    return parse_size(text, "--size", max_side=MAX_SIDE)
 
 
 def config_from_args(args):
@@ -80,16 +106,47 @@ def config_from_args(args):
         stall_timeout=args.stall_timeout, max_frames=args.max_frames, duration=args.duration, view=args.view,
         hud=not args.no_hud, show=args.show, save=args.save, save_fps=args.save_fps, frames_dir=args.frames_dir,
         jsonl=args.jsonl, serve=args.serve, serve_host=args.serve_host, stats_path=args.stats, output_dir=args.out,
-        threads=args.threads)
+        threads=args.threads, overlap=args.overlap, calib=args.calib)
 
 
 def run(args) -> int:
-    from tdfusion_edge.apps.pipeline import run_live
-    stats = run_live(config_from_args(args))
-    for line in stats.summary_lines():
-        print(line)
-    if getattr(args, "stats", None) or getattr(args, "out", None):
-        print(f"stats: {stats.config.get('stats_path')}")
-    if getattr(args, "verbose", False):
-        print(json.dumps(stats.latency_ms, indent=2))
+    from tdfusion_edge.apps.registration import load_homography
+    from tdfusion_edge.apps.sources import open_source
+
+    # Light checks first, before PyTorch and the model load: sources are built (not opened) so bad
+    # strings and options fail in a second, and the homography file is read through its safe loader.
+    if args.homography:
+        load_homography(args.homography)
+    for role, spec, opts in (("ir", args.ir, args.ir_opts), ("vis", args.vis, args.vis_opts)):
+        open_source(spec, role, opts)
+    from tdfusion_edge.apps.pipeline import hold_repeated_interrupts, run_live
+    from tdfusion_edge.validation.detector import check_detector_spec
+
+    check_detector_spec(args.det)  # before any source opens or any file is written
+    if args.out is not None:
+        args.out = str(run_dir(args.out, "live", args.exist_ok))
+    if args.half and not _cuda_device(args.device):
+        log.warning("--half ignored: no CUDA device here (--device %s); fusion and detection run in FP32", args.device)
+        args.half = False
+    restore_sigint = hold_repeated_interrupts()  # a second Ctrl-C must not cut the summary short either
+    try:
+        stats = run_live(config_from_args(args))
+        for line in stats.summary_lines():
+            print(line)
+        if getattr(args, "stats", None) or getattr(args, "out", None):
+            print(f"stats: {stats.config.get('stats_path')}")
+        if getattr(args, "out", None):
+            print(f"outputs in {Path(args.out).resolve()}")
+        if getattr(args, "verbose", False):
+            print(json.dumps(stats.latency_ms, indent=2))
+    finally:
+        restore_sigint()
     return 130 if stats.stopped_by == "interrupted" else 0
+
+
+def _cuda_device(name: str) -> bool:
+    """Whether ``--device`` means a usable CUDA device (auto: one is present)."""
+    if name == "cpu":
+        return False
+    import torch
+    return torch.cuda.is_available()

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import shlex
+import signal
+import sys
 from pathlib import Path
 
 from tdfusion_edge.errors import TDFusionError
@@ -44,16 +47,37 @@ def _overrides(args) -> list[str]:
     return out + list(args.overrides)
 
 
+def _resume_hint(stop, args, distributed: bool) -> str:
+    """What to type to continue an interrupted run (the checkpoint holds its whole config)."""
+    if stop.checkpoint is None:
+        return "training stopped before any checkpoint was written"
+    cmd = ["tdfusion-edge", "train", "--resume", str(Path(stop.checkpoint).resolve())]
+    if args.device != "auto":
+        cmd += ["--device", args.device]
+    text = f"training stopped; final checkpoint {stop.checkpoint}. Resume with:\n  {shlex.join(cmd)}"
+    if distributed:
+        text += "\n  (launched by torchrun: start it the same way, with these arguments)"
+    return text
+
+
 def run(args) -> int:
     from tdfusion_edge.train.config import build_config
     from tdfusion_edge.train.distributed import init_distributed, launched_by_torchrun, shutdown
+    from tdfusion_edge.train.interrupt import TrainingInterrupted
     from tdfusion_edge.train.state import load_state
     from tdfusion_edge.train.trainer import Trainer
+    from tdfusion_edge.validation.train_config import check_train_values
 
     base = None
     if args.resume:
-        base = load_state(args.resume)["config"]
+        base = load_state(args.resume).get("config")
+        # a resumed config is untrusted input: every value is checked before anything is built from it
+        check_train_values(base, source=f"{args.resume} (its config)")
     cfg = build_config(args.config, _overrides(args), base=base)
+    if cfg.task == "det" and cfg.task_weights:  # a resumed config is untrusted too: check before any write
+        from tdfusion_edge.validation.detector import check_detector_spec
+
+        check_detector_spec(cfg.task_weights)
     if args.out:
         out = Path(args.out)
     elif args.resume:
@@ -71,6 +95,14 @@ def run(args) -> int:
     try:
         trainer = Trainer(cfg, out, ctx=ctx, progress=not args.no_progress)
         history = trainer.fit(resume=args.resume)
+    except TrainingInterrupted as stop:
+        # the final checkpoint is on disk; a late Ctrl-C must not kill the exit (Python resets its own
+        # handlers to the default while it shuts down, but leaves ignored signals ignored)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        if ctx.is_main:
+            print(_resume_hint(stop, args, ctx.enabled), file=sys.stderr)
+        return stop.exit_code
     finally:
         shutdown(ctx)
     if ctx.is_main:

@@ -8,18 +8,8 @@ import numpy as np
 
 from tdfusion_edge.errors import ImageReadError
 from tdfusion_edge.imaging.io import decode_file
-
-# 16-bit thermal frames are mapped to 8 bits between these percentiles (robust to hot/cold outliers).
-HIGH_DEPTH_PERCENTILES = (0.5, 99.5)
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """8-bit copy of an image: 16-bit/float data stretched between robust percentiles, 8-bit unchanged."""
-    if img.dtype == np.uint8:
-        return img
-    lo, hi = np.percentile(img, HIGH_DEPTH_PERCENTILES)
-    scaled = (img.astype(np.float32) - lo) * (255.0 / max(float(hi - lo), 1e-6))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+# One decoder and one 16-bit mapping for fuse, eval and datasets (percentiles, per channel).
+from tdfusion_edge.validation.image import HIGH_DEPTH_PERCENTILES, pil_open, to_uint8  # noqa: F401
 
 
 def read_gray(path: str | Path) -> np.ndarray:
@@ -56,23 +46,12 @@ def read_mask(path: str | Path) -> np.ndarray:
     return img
 
 
-def _pil_open():
-    """PIL's own ``Image.open``: ultralytics replaces it with a wrapper that tries to pip-install a
-    HEIF plugin whenever a file is not recognised, which a corrupt image in a dataset must not trigger."""
-    import sys
-
-    from PIL import Image
-
-    patches = sys.modules.get("ultralytics.utils.patches")
-    return getattr(patches, "_image_open", Image.open) if patches is not None else Image.open
-
-
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) from the file header without decoding the pixels (PIL reads headers lazily)."""
     from PIL import UnidentifiedImageError
 
     try:
-        with _pil_open()(path) as im:
+        with pil_open()(path) as im:
             w, h = im.size
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ImageReadError(f"cannot open image {path}: {exc}") from None

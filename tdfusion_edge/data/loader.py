@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -59,7 +61,12 @@ class ResumableSampler(Sampler):
         return -(-self.length // self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch of the next pass (DistributedSampler semantics)."""
+        """Choose the epoch of the next pass (DistributedSampler semantics).
+
+        The epoch a ``load_state_dict`` resumes keeps its skip; any other epoch starts from its first sample.
+        """
+        if int(epoch) != self._next_epoch:
+            self._skip = 0  # a skip pending from a resume belongs to the resumed pass only
         self._next_epoch = int(epoch)
         if self.base is not None and hasattr(self.base, "set_epoch"):
             self.base.set_epoch(epoch)
@@ -104,10 +111,46 @@ class ResumableSampler(Sampler):
         self.epoch, self.consumed = self._next_epoch, self._skip
 
 
-def _worker_init(_: int) -> None:
-    # two workers on two cores: no nested thread pools inside each worker
+@contextmanager
+def opencv_single_threaded() -> Iterator[None]:
+    """OpenCV at one thread for the duration (the previous count is put back after).
+
+    Around a fork: a child that re-configures a thread pool inherited with idle (blocked) workers
+    deadlocks in ``pthread_cond_destroy``, so the pool is shrunk in the parent, where its threads exist.
+    """
+    before = cv2.getNumThreads()
+    if before == 1:
+        yield
+        return
     cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _worker_init(_: int) -> None:
+    # two workers on two cores: no nested thread pools inside each worker. A forked worker inherits one
+    # OpenCV thread from ForkSafeDataLoader and must not touch the pool (see opencv_single_threaded);
+    # only a fresh process (spawn / forkserver) still has a pool to set, and there it is safe.
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    # Ctrl-C (and a SIGTERM to the process group) reach the workers too: the parent finishes its step and
+    # writes its final checkpoint first, then shuts them down (they also exit when it dies)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class ForkSafeDataLoader(DataLoader):
+    """A DataLoader whose worker processes start while the parent's OpenCV runs single-threaded."""
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        # workers fork inside this call (first pass, or every pass without persistent workers)
+        with opencv_single_threaded():
+            return super().__iter__()
 
 
 class PairLoader:
@@ -145,10 +188,17 @@ class PairLoader:
         """Position to save with a checkpoint."""
         return self.sampler.state_dict()
 
+    def samples_per_pass(self) -> int:
+        """Samples one pass delivers on this rank (a dropped last batch excluded)."""
+        return len(self.loader) * self.batch_size if self.loader.drop_last else len(self.sampler)
+
+    def pass_finished(self, state: dict) -> bool:
+        """Whether a saved position lies at the end of its pass (nothing of it is left to deliver)."""
+        return int(state["consumed"]) >= self.samples_per_pass()
+
     def load_state_dict(self, state: dict) -> None:
         """Resume from a saved position at the next ``iter()``."""
-        per_pass = len(self.loader) * self.batch_size if self.loader.drop_last else len(self.sampler)
-        if int(state["consumed"]) >= per_pass:  # nothing left of that pass (a dropped tail included)
+        if self.pass_finished(state):  # nothing left of that pass (a dropped tail included)
             state = {**state, "epoch": int(state["epoch"]) + 1, "consumed": 0}
         self.sampler.load_state_dict(state)
 
@@ -179,8 +229,8 @@ def make_loader(spec_or_dataset, split: str = "train", batch_size: int = 2, shuf
         raise TDFusionError("the dataset is empty")
     rs = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, drop_last=False, base=sampler)
     workers = max(int(num_workers), 0)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=rs, num_workers=workers, collate_fn=collate_fn,
-                        pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                        persistent_workers=workers > 0, worker_init_fn=_worker_init if workers else None,
-                        prefetch_factor=2 if workers else None)
+    loader = ForkSafeDataLoader(dataset, batch_size=batch_size, sampler=rs, num_workers=workers,
+                                collate_fn=collate_fn, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
+                                persistent_workers=workers > 0, worker_init_fn=_worker_init if workers else None,
+                                prefetch_factor=2 if workers else None)
     return PairLoader(dataset, rs, loader)

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from tdfusion_edge.errors import TDFusionError
+from tdfusion_edge.validation.dataset_yaml import check_dataset_values
 
 from .layouts import LABEL_KINDS, PAIRED_LABEL_FOLDERS, Layout, get_layout
 
@@ -146,11 +147,15 @@ def _paired_folders(layout: Layout, task: str, overrides: dict) -> Layout:
     return layout.with_folders(label=overrides.get("label", label), label_kind=overrides.get("label_kind", kind))
 
 
-def spec_from_dict(cfg: dict, base_dir: Path | None = None, source: Path | None = None) -> DatasetSpec:
-    """Build a DatasetSpec from the parsed YAML mapping; relative paths are taken from ``base_dir``."""
-    where = str(source or "dataset config")
-    if not isinstance(cfg, dict):
-        raise TDFusionError(f"{where}: expected a mapping of keys")
+def spec_from_dict(cfg: dict, base_dir: Path | None = None, source: Path | None = None,
+                   where: str | None = None) -> DatasetSpec:
+    """Build a DatasetSpec from the parsed YAML mapping; relative paths are taken from ``base_dir``.
+
+    Every value is type- and range-checked first (``validation.dataset_yaml``); ``where`` names the
+    mapping in messages (default: the YAML file).
+    """
+    where = where or str(source or "dataset config")
+    check_dataset_values(cfg, where)
     base_dir = base_dir or Path.cwd()
     layout_name = str(cfg.get("layout", "paired")).lower()
     root = _resolve(base_dir, cfg.get("path", ".")).absolute()

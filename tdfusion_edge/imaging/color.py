@@ -4,18 +4,18 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from tdfusion_edge.validation.image import normalize_high_depth
+
 NEUTRAL_CHROMA = 128.0
 # OpenCV's float YCrCb centres chroma on 0.5 whatever the data range; 8-bit data centres on 128.
 _FLOAT_CHROMA_SHIFT = NEUTRAL_CHROMA - 0.5
 
 
 def normalize_thermal(img: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
-    """14/16-bit thermal counts → float32 [0,1] by robust percentiles (hot/cold outliers clipped)."""
-    data = img.astype(np.float32)
-    lo, hi = np.percentile(data, (low_pct, high_pct))
-    if hi <= lo:  # a flat frame carries no contrast; map it to mid-gray instead of dividing by zero
-        return np.full(data.shape, 0.5, dtype=np.float32)
-    return np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    """14/16-bit thermal counts → float32 [0,1] by robust percentiles (hot/cold outliers clipped).
+
+    The same mapping as every other reader of 16-bit data (``validation.image.normalize_high_depth``)."""
+    return normalize_high_depth(img, (low_pct, high_pct))
 
 
 def is_grayscale(img: np.ndarray) -> bool:
@@ -54,6 +54,18 @@ def merge_chroma(crcb_a: np.ndarray | None, crcb_b: np.ndarray | None) -> np.nda
     da = np.abs(crcb_a - NEUTRAL_CHROMA)
     db = np.abs(crcb_b - NEUTRAL_CHROMA)
     return ((crcb_a * da + crcb_b * db) / (da + db + 1e-4)).astype(np.float32)
+
+
+# A pair whose two sources both span less than this (luminance in [0,1]) carries no contrast. Its fused
+# output is left unstretched: min/max-stretching it would blow the network's border response and the
+# noise up to a full-range pattern (measured with the released weights: all-black, all-white and grey
+# pairs give raw outputs spanning 0.10-0.18, which the stretch turns into 0-255). Real pairs span far more.
+FLAT_PAIR_SPAN = 8.0 / 255.0
+
+
+def is_flat_pair(ir_y: np.ndarray, vis_y: np.ndarray, span: float = FLAT_PAIR_SPAN) -> bool:
+    """True when both sources are near-constant (max − min below ``span``): such a pair is not stretched."""
+    return bool(np.ptp(ir_y) < span and np.ptp(vis_y) < span)
 
 
 def stretch_minmax(y: np.ndarray) -> np.ndarray:

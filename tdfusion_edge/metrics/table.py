@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from tdfusion_edge.validation.output_path import atomic_write_text
 
 Rows = Mapping[str, Mapping[str, float]]  # image name → {metric: value}
 
@@ -44,16 +47,15 @@ def format_table(rows: Rows, names: Sequence[str], mean: Mapping[str, float] | N
 
 def write_csv(path: str | Path, results: Mapping[str, Rows], names: Sequence[str]) -> None:
     """CSV with columns image, convention, metrics…; a 'mean' row closes each convention."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "convention", *names])
-        for conv, rows in results.items():
-            for image, r in rows.items():
-                writer.writerow([image, conv, *(repr(float(r[n])) for n in names)])
-            mean = mean_row(rows, names)
-            writer.writerow(["mean", conv, *(repr(mean[n]) for n in names)])
+    fh = io.StringIO(newline="")
+    writer = csv.writer(fh)
+    writer.writerow(["image", "convention", *names])
+    for conv, rows in results.items():
+        for image, r in rows.items():
+            writer.writerow([image, conv, *(repr(float(r[n])) for n in names)])
+        mean = mean_row(rows, names)
+        writer.writerow(["mean", conv, *(repr(mean[n]) for n in names)])
+    atomic_write_text(path, fh.getvalue())  # complete or absent: never a truncated table
 
 
 def _json_safe(obj):
@@ -69,6 +71,4 @@ def _json_safe(obj):
 
 def write_json(path: str | Path, payload: Mapping) -> None:
     """Write ``payload`` as indented JSON; non-finite numbers become null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(_json_safe(payload), indent=2) + "\n")

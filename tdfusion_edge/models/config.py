@@ -40,3 +40,31 @@ class FusionNetConfig(NetConfig):
 
 class LossGeneratorConfig(NetConfig):
     """Size of the loss generator G; the defaults are the released one."""
+
+
+@dataclass(frozen=True)
+class LiteFusionNetConfig:
+    """Size of TDFusion-lite: trunk width at 1/``factor`` resolution and the full-resolution refiner width."""
+
+    width: int = 32
+    factor: int = 4
+    refine: int = 8
+
+    def to_dict(self) -> dict:
+        """Plain dict for checkpoints and logs."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LiteFusionNetConfig":
+        """Build from a dict, rejecting unknown keys with a clear message."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.width < 4 or self.refine < 1:
+            raise ValueError("width must be at least 4 and refine at least 1")
+        if self.factor not in (2, 4, 8):
+            raise ValueError(f"factor must be 2, 4 or 8, got {self.factor}")

@@ -1,7 +1,6 @@
 """YoloTask: YOLOv8 (``ultralytics``) with ultralytics' own detection loss, run without a trainer."""
 from __future__ import annotations
 
-from copy import deepcopy
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,38 +17,23 @@ PAD_VALUE = 114 / 255
 LOSS_SCALES = ("released", "ultralytics")
 
 
-def _load_pt(weights: str) -> torch.nn.Module:
-    from ultralytics.nn.tasks import load_checkpoint
-
-    path = Path(weights).expanduser()
-    # an explicit path that does not exist is a user error; only a bare name may be fetched by ultralytics
-    if not path.is_file() and (path.parent != Path(".") or weights.startswith((".", "~", "/"))):
-        raise TDFusionError(f"YOLO weights {weights} not found; give an existing .pt or a model yaml "
-                            f"such as 'yolov8n.yaml' (built from scratch, offline)")
-    try:
-        model, _ = load_checkpoint(str(path) if path.is_file() else weights)
-    except Exception as exc:  # ultralytics raises many kinds here (download, unpickling, format)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TDFusionError(f"cannot load YOLO weights {weights!r} ({first[:160]}); use a model yaml such as "
-                            f"'yolov8n.yaml' or a local .pt path") from None
-    return model
-
-
 def build_yolo(weights: str | Path, num_classes: int) -> torch.nn.Module:
-    """An ultralytics DetectionModel with ``num_classes`` outputs from a yaml or a .pt (weights transferred)."""
-    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+    """An ultralytics DetectionModel with ``num_classes`` outputs from a yaml or a .pt (weights transferred).
 
-    w = str(weights)
-    if w.endswith((".yaml", ".yml")):
-        try:
-            cfg = yaml_model_load(w)
-        except (FileNotFoundError, OSError) as exc:
-            raise TDFusionError(f"YOLO model yaml {w!r} not found ({str(exc).splitlines()[0]})") from None
-        return DetectionModel({**cfg, "nc": num_classes}, ch=3, nc=num_classes, verbose=False)
-    if not w.endswith(".pt"):
-        raise TDFusionError(f"YOLO weights must be a .yaml or .pt file, got {w!r}")
-    src = _load_pt(w)
-    model = DetectionModel({**deepcopy(src.yaml), "nc": num_classes}, ch=3, nc=num_classes, verbose=False)
+    The file goes through ``tdfusion_edge.validation.detector``: a .pt is read weights-only against the
+    YOLOv8 allow-list (or is this project's own detector format), and every model yaml is checked
+    before ultralytics builds from it, so no file can run code here.
+    """
+    from tdfusion_edge.validation.detector import (build_from_yaml, check_detector_spec, load_detector_model,
+                                                   read_model_yaml)
+
+    spec = check_detector_spec(weights, deep=False)
+    if spec.kind == "yaml":
+        return build_from_yaml(read_model_yaml(spec.path), spec.path, nc=num_classes)
+    if spec.kind != "torch":
+        raise TDFusionError(f"YOLO task weights must be a model yaml (yolov8n.yaml) or a .pt file, got {weights!r}")
+    src = load_detector_model(spec)
+    model = build_from_yaml(src.yaml, str(weights), nc=num_classes)
     model.load(src, verbose=False)
     return model
 

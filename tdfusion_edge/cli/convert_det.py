@@ -1,0 +1,23 @@
+"""``tdfusion-edge convert-det``: an ultralytics YOLO .pt into this project's safe detector format."""
+from __future__ import annotations
+
+from .common import add_command
+
+
+def add_parser(subparsers) -> None:
+    p = add_command(subparsers, "convert-det",
+                    "convert a YOLOv8 .pt (read weights-only, allow-listed) into the safe own detector format",
+                    "tdfusion-edge convert-det yolov8n.pt --out yolov8n.tdet.pt")
+    p.add_argument("source", help="ultralytics YOLOv8 detection .pt (or a model yaml, for an untrained net)")
+    p.add_argument("--out", default=None, help="output file (default: <stem>.tdet.pt here)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from tdfusion_edge.validation.detector import convert_detector, load_detector_model
+
+    out = convert_detector(args.source, args.out)
+    model = load_detector_model(str(out))  # read back: the file is usable as --det / task_weights
+    print(f"wrote {out} ({len(model.names)} classes, {out.stat().st_size / 1e6:.1f} MB); "
+          f"use it as --det {out} or --set task_weights={out}")
+    return 0
