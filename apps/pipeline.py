@@ -49,6 +49,7 @@ class LiveConfig:
     det: str = "none"                             # 'none', yolov8n.pt, yolov8n.yaml, a .onnx/.engine path
     det_conf: float = 0.25
     det_imgsz: int | None = None
+    det_precision: str = "fp32"                   # 'int8': gated INT8 ONNX on onnxruntime (needs size, calib once)
     size: tuple[int, int] | None = None           # processing grid (H, W); None: the visible frame's size
     stretch: str = "minmax"                       # 'minmax' (released inference) or 'none'
     preprocess: str = "auto"                      # 'auto', 'numpy', 'cuda', 'pycuda', 'cupy'
@@ -157,7 +158,8 @@ class FrameProcessor:
         self.backend = self._create_backend() if self._own_backend else config.backend
         try:
             self.detector = create_detector(config.det, imgsz=config.det_imgsz, conf=config.det_conf,
-                                            device=config.device, half=config.half)
+                                            device=config.device, half=config.half, precision=config.det_precision,
+                                            frame_hw=config.size, calib=config.calib, cache_dir=config.cache_dir)
         except Exception:
             if self._own_backend:
                 self.backend.close()

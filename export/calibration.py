@@ -34,6 +34,15 @@ def find_pair_folders(root: str | os.PathLike) -> tuple[Path, Path]:
     return ir, vis
 
 
+
+def resize_to(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``img`` at (H, W) = ``shape``: area filter when shrinking, bilinear when growing, untouched when equal."""
+    h, w = shape
+    if img.shape[:2] == (h, w):
+        return img
+    shrink = img.shape[0] > h or img.shape[1] > w
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
 class CalibrationBatches:
     """Iterates input batches (dict name → array) for an engine of ``shape`` (H, W) and ``batch`` size.
 
@@ -64,14 +73,6 @@ class CalibrationBatches:
     def input_names(self) -> list[str]:
         return self.options.input_names()
 
-    @staticmethod
-    def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        h, w = shape
-        if img.shape[:2] == (h, w):
-            return img
-        shrink = img.shape[0] > h or img.shape[1] > w
-        return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
     def _frame(self, path: Path, channels: int, shape: tuple[int, int]) -> np.ndarray:
         img = read_image(path)
         if img.dtype != np.uint8:  # 16-bit thermal: normalise like the fusion path, then to 8 bit
@@ -81,16 +82,16 @@ class CalibrationBatches:
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
         elif img.ndim == 3 and channels == 1:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-        img = self._resize(img, shape)
+        img = resize_to(img, shape)
         return img[:, :, None] if img.ndim == 2 else img
 
     def _luma(self, path: Path, shape: tuple[int, int]) -> np.ndarray:
         img = read_image(path)
         if img.dtype == np.uint8:
-            y, _ = luma_and_chroma(self._resize(img, shape))
+            y, _ = luma_and_chroma(resize_to(img, shape))
         else:  # normalise 16-bit at full resolution first: percentiles of the whole frame
             y, _ = luma_and_chroma(img)
-            y = self._resize(y, shape)
+            y = resize_to(y, shape)
         return y.astype(np.float32)[None]
 
     def sample(self, index: int, native: bool = False) -> dict[str, np.ndarray]:

@@ -19,18 +19,12 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from tdfusion_edge.imaging import luma_and_chroma, read_image, scan_pairs
 
-from .calibration import find_pair_folders
+from .calibration import find_pair_folders, resize_to
 from .errors import ExportError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 
 
-def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    h, w = shape
-    if img.shape[:2] == (h, w):
-        return img
-    shrink = img.shape[0] > h or img.shape[1] > w
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 class PairSamples:
@@ -88,10 +82,10 @@ class PairSamples:
         out = {}
         for name, img in zip(("ir", "vis"), self.frames(index)):
             if img.dtype == np.uint8:
-                y, _ = luma_and_chroma(_resize(img, shape))
+                y, _ = luma_and_chroma(resize_to(img, shape))
             else:  # 16-bit thermal: normalise on the whole frame first, as the fusion path does
                 y, _ = luma_and_chroma(img)
-                y = _resize(y, shape)
+                y = resize_to(y, shape)
             out[name] = np.ascontiguousarray(y, dtype=np.float32)[None, None]
         return out
 

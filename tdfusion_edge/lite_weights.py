@@ -17,7 +17,7 @@ from .checkpoints import FORMAT_NAME, FORMAT_VERSION, atomic_torch_save, read_to
 from .errors import CheckpointError
 from .models.config import LiteFusionNetConfig
 from .models.lite import LiteFusionNet
-from .validation.checkpoint import check_state_entries, parse_version
+from .validation.checkpoint import check_state_entries, check_state_shapes, parse_version
 
 MODEL_NAME = "LiteFusionNet"
 _LIMITS = {"width": (4, 256), "factor": (2, 8), "refine": (1, 64)}
@@ -59,17 +59,7 @@ def _load_payload(obj: Mapping, path: Path) -> tuple[LiteFusionNet, dict]:
         raise CheckpointError(f"{path} is format version {version}; this build reads up to {FORMAT_VERSION}")
     config = _config(obj.get("config"), path)
     state = check_state_entries(obj.get("state_dict"), path)
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in LiteFusionNet(config).state_dict().items()}
-    for key, shape in expected.items():
-        if key not in state:
-            raise CheckpointError(f"{path} is missing key {key!r}")
-        if tuple(state[key].shape) != shape:
-            raise CheckpointError(f"{path}: key {key!r} has shape {tuple(state[key].shape)}, "
-                                  f"the config expects {shape}")
-    extra = sorted(set(state) - set(expected))
-    if extra:
-        raise CheckpointError(f"{path} has unexpected key {extra[0]!r}")
+    check_state_shapes(lambda: LiteFusionNet(config), state, path)
     model = LiteFusionNet(config)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     prov = obj.get("provenance")

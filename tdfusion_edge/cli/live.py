@@ -58,6 +58,9 @@ def add_parser(subparsers) -> None:
     proc.add_argument("--det-conf", type=float_in(0.0, 1.0), default=0.25, help="detection confidence threshold")
     proc.add_argument("--det-imgsz", type=int_in(32, MAX_SIDE), default=None,
                       help="detector input size (must match a static engine)")
+    proc.add_argument("--det-precision", choices=("fp32", "int8"), default="fp32",
+                      help="fp32: the detector in PyTorch (default); int8: a static INT8 ONNX on onnxruntime (CPU), "
+                           "calibrated once on --calib DIR and gated against FP32 (needs --size)")
     proc.add_argument("--size", type=hw_size(16, MAX_SIDE), default=None, metavar="HxW",
                       help="processing size, e.g. 240x320 (default: the visible frame's)")
     proc.add_argument("--stretch", choices=("minmax", "none"), default="minmax",
@@ -101,7 +104,8 @@ def config_from_args(args):
     return LiveConfig(
         ir=args.ir, vis=args.vis, ir_options=args.ir_opts, vis_options=args.vis_opts,
         homography=args.homography, weights=args.weights, backend=args.backend, device=args.device, half=args.half,
-        det=args.det, det_conf=args.det_conf, det_imgsz=args.det_imgsz, size=parse_hw(args.size),
+        det=args.det, det_conf=args.det_conf, det_imgsz=args.det_imgsz, det_precision=args.det_precision,
+        size=parse_hw(args.size),
         stretch=args.stretch, preprocess=args.preprocess, realtime=args.realtime, max_skew_ms=args.max_skew_ms,
         stall_timeout=args.stall_timeout, max_frames=args.max_frames, duration=args.duration, view=args.view,
         hud=not args.no_hud, show=args.show, save=args.save, save_fps=args.save_fps, frames_dir=args.frames_dir,

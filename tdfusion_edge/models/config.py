@@ -2,10 +2,30 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import TypeVar
+
+_C = TypeVar("_C", bound="DictConfig")
+
+
+class DictConfig:
+    """Mixin of the frozen size dataclasses: to and from the plain dicts stored in checkpoints."""
+
+    def to_dict(self) -> dict:
+        """Plain dict for checkpoints and logs."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[_C], values: dict) -> _C:
+        """Build from a dict, rejecting unknown keys with a clear message."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        return cls(**values)
 
 
 @dataclass(frozen=True)
-class NetConfig:
+class NetConfig(DictConfig):
     """Restormer-style network size: base width, blocks per stage, heads, FFN expansion, conv bias."""
 
     dim: int = 16
@@ -13,19 +33,6 @@ class NetConfig:
     heads: int = 8
     ffn_expansion: float = 2.0
     bias: bool = False
-
-    def to_dict(self) -> dict:
-        """Plain dict for checkpoints and logs."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "NetConfig":
-        """Build from a dict, rejecting unknown keys with a clear message."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-        return cls(**values)
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or (2 * self.dim) % self.heads:
@@ -43,25 +50,12 @@ class LossGeneratorConfig(NetConfig):
 
 
 @dataclass(frozen=True)
-class LiteFusionNetConfig:
+class LiteFusionNetConfig(DictConfig):
     """Size of TDFusion-lite: trunk width at 1/``factor`` resolution and the full-resolution refiner width."""
 
     width: int = 32
     factor: int = 4
     refine: int = 8
-
-    def to_dict(self) -> dict:
-        """Plain dict for checkpoints and logs."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "LiteFusionNetConfig":
-        """Build from a dict, rejecting unknown keys with a clear message."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-        return cls(**values)
 
     def __post_init__(self) -> None:
         if self.width < 4 or self.refine < 1:

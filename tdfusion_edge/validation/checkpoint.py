@@ -21,7 +21,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -190,8 +190,13 @@ def check_config_matches_state(config: Any, state: Mapping[str, torch.Tensor], p
     heads = need("encoder1.0.attn.temperature").shape[0]
     if heads != config.heads:
         raise CheckpointError(f"{path}: config heads {config.heads} but the temperatures hold {heads}")
+    check_state_shapes(lambda: model_cls(config), state, path)
+
+
+def check_state_shapes(build: Callable[[], torch.nn.Module], state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Every key of the network ``build()`` makes is in ``state`` with its shape, and nothing else; else one line."""
     with torch.device("meta"):  # shapes only: no memory, fast even for the largest allowed size
-        expected = {k: tuple(v.shape) for k, v in model_cls(config).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
     for key, shape in expected.items():
         if key not in state:
             raise CheckpointError(f"{path} is missing key {key!r}")
