@@ -278,18 +278,15 @@ def detector_hash(model) -> str:
     """SHA-256 (hex) of a detector's yaml and weights by value, with the recipe version."""
     import hashlib
 
+    import torch
+
     digest = hashlib.sha256(DET_QUANT_VERSION.encode())
     digest.update(repr(getattr(model, "yaml", "")).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous().reshape(-1)   # 0-d buffers (BN counters) cannot be viewed as bytes
         digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(t.view(torch_uint8()).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
-
-
-def torch_uint8():
-    import torch
-    return torch.uint8
 
 
 def detector_paths(root: Path, model_id: str, shape: tuple[int, int], opts: DetInt8Options,
