@@ -24,7 +24,7 @@ JSON_NAME = "gpu_check.json"
 MD_NAME = "gpu_check.md"
 SECTIONS = ("device", "gpu_tests", "kernels", "meta", "inference", "preprocess")
 KERNEL_LABELS = {"fusion_loss": "fusion loss", "mdta": "MDTA", "layernorm": "LayerNorm"}
-# The issue's speed targets: (kernel, pass, required speed-up of triton over eager).
+# The kernels' speed targets: (kernel, pass, required speed-up of triton over eager).
 TARGETS = (("fusion_loss", "meta", 5.0), ("mdta", "fwd_bwd", 3.0))
 
 
@@ -67,7 +67,7 @@ def add_derived(result: dict) -> dict:
 
 
 def targets(result: dict) -> list[dict]:
-    """The issue's speed targets against the measured rows (``met`` None where not measured)."""
+    """The kernels' speed targets against the measured rows (``met`` None where not measured)."""
     out = []
     for kernel, mode, need in TARGETS:
         for (k, size, p), impls in kernel_groups(result).items():

@@ -1,4 +1,4 @@
-"""Every figure of issue 12's "Done when", measured in one run: FLOPs per frame, the live app end to end
+"""The real-time figures, measured in one run: FLOPs per frame, the live app end to end
 on a real M3SVD pair of clips, lite vs teacher quality, INT8 vs FP32 of the lite network, INT8 vs FP32
 YOLOv8n on onnxruntime, and the machine's load. Writes ``realtime_report.json`` and ``realtime_report.md``.
 

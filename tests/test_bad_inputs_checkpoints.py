@@ -1,4 +1,4 @@
-"""Bad fusion checkpoints given to ``fuse --weights``, run as a user runs them (issue 10, classes 4 and 9).
+"""Bad fusion checkpoints given to ``fuse --weights``, run as a user runs them.
 
 Each case: exit code 2, one ``error:`` line naming the problem, no traceback, nothing written (and,
 for the pickle, no code run). The CLI runs are started together (two at a time) by a module fixture,

@@ -1,4 +1,4 @@
-"""Detector files that must never run code, and the safe own detector format (issue 10, classes 1 and 9).
+"""Detector files that must never run code, and the safe own detector format.
 
 Malicious ``.pt`` files (a ``__reduce__`` payload, or allowed classes carrying an ``eval``-able
 activation in their yaml) and a malicious model yaml, given to live / export / demo / train and to a

@@ -1,4 +1,4 @@
-"""Bad outputs and silently misread inputs (issue 10, classes 5 and 6, `fuse --out`, huge images).
+"""Bad outputs and silently misread inputs.
 
 Each CLI case runs as a user runs it (``python -m tdfusion_edge.cli``) on tiny generated images and
 checks the exit code, the one-line message, that no traceback is printed, that nothing was written
