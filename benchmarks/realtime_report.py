@@ -33,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import lite_quality as lq  # noqa: E402  (its pair lists, PSNR and targets)
+from gpu_sections import _cpu_name  # noqa: E402  (one CPU-name reader for both reports)
 
 SHARED = REPO.parent / "shared" / "data"
 INT8_TARGET = 0.01         # INT8 vs FP32 within 1 % on the gated metrics
@@ -393,16 +394,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "realtime_report.md").write_text(text + "\n")
     print(text)
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _commit() -> str:
