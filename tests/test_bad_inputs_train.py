@@ -142,3 +142,15 @@ def test_good_dataset_yaml_still_accepted(tmp_path):
                            "names": {0: "a", 1: "b"}, "val": {"split": "train", "fraction": [0, 0.5]},
                            "nc": 2}, base_dir=tmp_path)
     assert spec.crop_size == 64 and spec.task_size == (24, 32) and spec.names == ("a", "b")
+
+
+def test_training_state_with_a_bad_version_is_one_line(tmp_path):
+    import torch
+
+    from tdfusion_edge.errors import CheckpointError
+    from tdfusion_edge.train.state import STATE_FORMAT, load_state
+
+    path = tmp_path / "last.pt"
+    torch.save({"format": STATE_FORMAT, "version": "1; rm -rf"}, path)
+    with pytest.raises(CheckpointError, match="unreadable format version"):
+        load_state(path)

@@ -14,6 +14,7 @@ import torch
 
 from tdfusion_edge.checkpoints import atomic_torch_save, read_torch_file
 from tdfusion_edge.errors import CheckpointError
+from tdfusion_edge.validation.checkpoint import parse_version
 
 STATE_FORMAT = "tdfusion-edge-train-state"
 STATE_VERSION = 1
@@ -80,7 +81,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict) or obj.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a training checkpoint of this project "
                               f"(to start from model weights, use --set init_fusion=... instead)")
-    if int(obj.get("version", -1)) > STATE_VERSION:
+    if parse_version(obj.get("version"), path) > STATE_VERSION:
         raise CheckpointError(f"{path} is training-state version {obj.get('version')}; "
                               f"this build reads up to {STATE_VERSION}")
     return obj
