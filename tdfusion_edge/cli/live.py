@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import logging
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def run(args) -> int:
         log.warning("--half ignored: no CUDA device here (--device %s); fusion and detection run in FP32", args.device)
         args.half = False
     restore_sigint = hold_repeated_interrupts()  # a second Ctrl-C must not cut the summary short either
+    stats = None
     try:
         stats = run_live(config_from_args(args))
         for line in stats.summary_lines():
@@ -144,7 +146,12 @@ def run(args) -> int:
         if getattr(args, "verbose", False):
             print(json.dumps(stats.latency_ms, indent=2))
     finally:
-        restore_sigint()
+        if stats is not None and stats.stopped_by == "interrupted":
+            # Everything is written and the process is on its way out: a late press must not turn the
+            # exit into a signal death during interpreter shutdown.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:
+            restore_sigint()
     return 130 if stats.stopped_by == "interrupted" else 0
 
 
