@@ -3,7 +3,7 @@ on a real M3SVD pair of clips, lite vs teacher quality, INT8 vs FP32 of the lite
 YOLOv8n on onnxruntime, and the machine's load. Writes ``realtime_report.json`` and ``realtime_report.md``.
 
     python benchmarks/realtime_report.py --out runs/realtime          # ~10 min on the 2-core VM
-    python benchmarks/realtime_report.py --out /tmp/rt --smoke        # a few frames and pairs, seconds
+    python benchmarks/realtime_report.py --out runs/rt --smoke         # a few frames and pairs, seconds
 
 * **Live**: ``tdfusion-edge live --ir M3SVD/ir/CLIP.mp4 --vis M3SVD/vi/CLIP.mp4 --weights lite
   --det yolov8n.yaml --no-realtime --size HxW --max-frames N --stats F`` as a subprocess (the command a
@@ -275,12 +275,8 @@ def to_markdown(r: dict) -> str:
         for set_name, q in r["quality"].items():
             t, s = q["mean"]["teacher"], q["mean"]["lite"]
             c, cm = q["lite_vs_teacher"], q["lite_vs_teacher_min"]
-            L += [f"**{set_name}** ({q['pairs']} pairs)", "", "| | " + " | ".join(METRIC_NAMES) + " |",
-                  "|---|" + "---|" * len(METRIC_NAMES),
-                  "| teacher | " + " | ".join(_f(t[m], 3) for m in METRIC_NAMES) + " |",
-                  "| lite | " + " | ".join(_f(s[m], 3) for m in METRIC_NAMES) + " |",
-                  "| lite vs teacher % | " + " | ".join(f"{100 * q['rel_diff'].get(m, float('nan')):+.1f}"
-                                                       for m in METRIC_NAMES) + " |", "",
+            L += [f"**{set_name}** ({q['pairs']} pairs)", "",
+                  *_metric_table([("teacher", t), ("lite", s)], ("lite vs teacher %", q["rel_diff"], 1)), "",
                   f"PSNR lite vs teacher {c['psnr_8bit']:.2f} dB (8-bit; worst pair {cm['psnr_8bit']:.2f}), "
                   f"{c['psnr_raw']:.2f} dB raw; SSIM {c['ssim_8bit']:.4f}. PSNR ≥ 30 dB: "
                   f"{'met' if q['psnr_met'] else 'NOT met'}; Qabf/SSIM/VIF within 5 %: "
@@ -294,16 +290,22 @@ def to_markdown(r: dict) -> str:
             L += [f"Gate: {i8['gate']}; calibrated on {i8['calibration']}.", ""]
             for set_name, q in i8["sets"].items():
                 a, b = q["mean"]["fp32"], q["mean"]["int8"]
-                L += [f"**{set_name}** ({q['pairs']} pairs)", "", "| | " + " | ".join(METRIC_NAMES) + " |",
-                      "|---|" + "---|" * len(METRIC_NAMES),
-                      "| fp32 | " + " | ".join(_f(a[m], 3) for m in METRIC_NAMES) + " |",
-                      "| int8 | " + " | ".join(_f(b[m], 3) for m in METRIC_NAMES) + " |",
-                      "| int8 vs fp32 % | " + " | ".join(f"{100 * q['rel_diff'].get(m, float('nan')):+.2f}"
-                                                         for m in METRIC_NAMES) + " |", "",
+                L += [f"**{set_name}** ({q['pairs']} pairs)", "",
+                      *_metric_table([("fp32", a), ("int8", b)], ("int8 vs fp32 %", q["rel_diff"], 2)), "",
                       f"PSNR int8 vs fp32 {q['psnr_int8_vs_fp32_8bit']:.2f} dB (worst {q['psnr_min']:.2f}). "
                       f"Qabf/SSIM/VIF within 1 %: {'met' if q['within_1pct'] else 'NOT met'}; all 12 within 1 %: "
                       f"{'yes' if q['within_1pct_all12'] else 'no'}.", ""]
     return "\n".join(L)
+
+
+def _metric_table(rows: list[tuple[str, dict]], rel: tuple[str, dict, int]) -> list[str]:
+    """Markdown rows: one per (label, metric means), then the relative difference in % with ``rel[2]`` decimals."""
+    from tdfusion_edge.metrics import METRIC_NAMES
+
+    label, diff, digits = rel
+    return ["| | " + " | ".join(METRIC_NAMES) + " |", "|---|" + "---|" * len(METRIC_NAMES),
+            *(f"| {name} | " + " | ".join(_f(vals[m], 3) for m in METRIC_NAMES) + " |" for name, vals in rows),
+            f"| {label} | " + " | ".join(f"{100 * diff.get(m, float('nan')):+.{digits}f}" for m in METRIC_NAMES) + " |"]
 
 
 def training_split_folder(root: Path, dest: Path) -> list[Path]:

@@ -8,7 +8,7 @@ docs/task_benefit.md.
 
     python benchmarks/task_benefit.py --data msrs_det.yaml --root /data/msrs_det \\
         --refusion /weights/ReFusion_IVIF.pth --tdfusion runs/msrs_det/fusion_net.pt --out runs/task_benefit
-    python benchmarks/task_benefit.py --data msrs_det.yaml --root /data/msrs_det --smoke --out /tmp/tb_smoke
+    python benchmarks/task_benefit.py --data msrs_det.yaml --root ../shared/data/msrs_det --smoke --out runs/tb_smoke
 """
 from __future__ import annotations
 
