@@ -466,8 +466,8 @@ def test_fuse_with_a_corrupt_onnx_cache_as_a_user_runs_it(pairs, tmp_path, weigh
 # ------------------------------------------------------------------ the live app's inputs
 
 def test_corrupt_frame_in_an_image_folder_is_a_counted_skip(tmp_path):
-    from apps.reader import ENDED, SourceReader
-    from apps.sources import open_source
+    from tdfusion_edge.apps.reader import ENDED, SourceReader
+    from tdfusion_edge.apps.sources import open_source
 
     rng = np.random.default_rng(8)
     for i in range(4):
@@ -481,8 +481,8 @@ def test_corrupt_frame_in_an_image_folder_is_a_counted_skip(tmp_path):
 
 
 def test_visible_resolution_change_re_derives_the_geometry(caplog):
-    from apps.pipeline import Geometry
-    from apps.preprocess import create_preprocessor, letterbox_matrix, sampling_matrix
+    from tdfusion_edge.apps.pipeline import Geometry
+    from tdfusion_edge.apps.preprocess import create_preprocessor, letterbox_matrix, sampling_matrix
 
     g = Geometry(None, None)
     g.update((H, W), (2 * H, 2 * W))
