@@ -29,7 +29,7 @@ from tdfusion_edge.tasks.det_val import format_table, resolve_detector, validate
 
 # Default schedule (see docs/task_benefit.md for how it was sized: one input × one seed ≤ 15 min on the
 # project's 2-core CPU).
-DEFAULTS = {"epochs": 4, "imgsz": 320, "batch": 16, "seeds": [0, 1], "workers": 2}
+DEFAULTS = {"epochs": 20, "imgsz": 320, "batch": 16, "seeds": [0, 1], "workers": 2}
 SMOKE = {"epochs": 1, "imgsz": 64, "batch": 2, "seeds": [0], "limit": 4, "inputs": ["ir", "vis"]}
 MODEL_YAML = "yolov8n.yaml"  # no pretrained weights exist offline: every detector starts from the yaml
 SPLITS = ("train", "val")
@@ -207,14 +207,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise(results: Results, inputs: dict[str, str], sources: dict[str, dict], seeds: list[int]) -> dict:
-    """Per input: mAP50 / mAP50-95 mean ± std over the finished seeds, and the time per run."""
+TABLE_ORDER = ("ir", "vis", "refusion", "ours_w0.5", "tdfusion")
+
+
+def summarise(results: Results, sources: dict[str, dict]) -> dict:
+    """Per input with finished runs in ``results.json`` (this invocation's or earlier ones, table order, then
+    extra variants): mAP50 / mAP50-95 mean ± std over its seeds, and the time per run."""
+    recorded = list(dict.fromkeys(r["input"] for r in results.doc["runs"].values()))
+    names = [n for n in TABLE_ORDER if n in recorded] + [n for n in recorded if n not in TABLE_ORDER]
     rows = []
-    for name in inputs:
-        runs = [results.done(f"{name}/seed{s}") for s in seeds]
-        runs = [r for r in runs if r]
-        if not runs:
-            continue
+    for name in names:
+        runs = sorted((r for r in results.doc["runs"].values() if r["input"] == name), key=lambda r: r["seed"])
         m50, s50 = mean_std([r["metrics"]["mAP50"] for r in runs])
         m95, s95 = mean_std([r["metrics"]["mAP50-95"] for r in runs])
         secs = [r["train_seconds"] or r["wall_seconds_this_session"] for r in runs]
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             durations.append(time.perf_counter() - start)
             log(f"[{i}/{len(todo)}] {key}: mAP50 {entry['metrics']['mAP50']:.4f}, "
                 f"mAP50-95 {entry['metrics']['mAP50-95']:.4f} ({durations[-1] / 60:.1f} min)")
-        summary = summarise(results, inputs, sources, seeds)
+        summary = summarise(results, sources)
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         table = markdown(summary)
         (out / "summary.md").write_text(table)

@@ -136,6 +136,7 @@ def load_model(path: str | os.PathLike, kind: str = "FusionNet") -> tuple[nn.Mod
     Returns (model in eval mode, info). Everything is validated before the network is built.
     """
     model_cls, cfg_cls = MODEL_CLASSES[kind]
+    path = resolve_weights(path, kind)
     obj = read_torch_file(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
@@ -188,12 +189,28 @@ def default_weights_path() -> Path:
 
 
 # Built-in model names accepted wherever a weights path is (--weights lite): file in tdfusion_edge/weights/.
-BUILTIN_WEIGHTS = {"default": "tdfusion_edge_default.pt", "lite": "tdfusion_edge_lite.pt"}
+BUILTIN_WEIGHTS = {"default": "tdfusion_edge_default.pt", "lite": "tdfusion_edge_lite.pt",
+                   "tdfusion-msrs": "tdfusion_msrs.pt"}
+# The loss generator G trained together with a built-in fusion net of the same name.
+BUILTIN_LOSS_GENERATORS = {"tdfusion-msrs": "tdfusion_msrs_loss_generator.pt"}
 
 
-def resolve_weights(spec: str | os.PathLike) -> Path:
-    """A built-in model name (``default``, ``lite``) → its file inside the package; anything else → ``Path(spec)``."""
+# Built-in detectors accepted wherever --det / task_weights is (--det msrs): own detector format, fp16.
+BUILTIN_DETECTORS = {"msrs": "yolov8n_msrs.tdet.pt"}
+
+
+def resolve_detector_name(spec: str) -> str:
+    """A built-in detector name (``msrs``) → its file inside the package; anything else unchanged."""
+    if spec in BUILTIN_DETECTORS and not Path(spec).exists():
+        return str(Path(__file__).resolve().parent / "weights" / BUILTIN_DETECTORS[spec])
+    return spec
+
+
+def resolve_weights(spec: str | os.PathLike, kind: str = "FusionNet") -> Path:
+    """A built-in model name (``default``, ``lite``, ``tdfusion-msrs``; for ``kind`` LossGenerator the G
+    of that name) → its file inside the package; anything else → ``Path(spec)``."""
     name = str(spec)
-    if name in BUILTIN_WEIGHTS and not Path(name).exists():
-        return Path(__file__).resolve().parent / "weights" / BUILTIN_WEIGHTS[name]
+    table = BUILTIN_LOSS_GENERATORS if kind == "LossGenerator" else BUILTIN_WEIGHTS
+    if name in table and not Path(name).exists():
+        return Path(__file__).resolve().parent / "weights" / table[name]
     return Path(spec)

@@ -25,9 +25,9 @@ MANIFEST = "source.json"
 
 def builtin_fusion_weights() -> dict[str, Path]:
     """Fusion models that ship inside the package, by the name ``--weights`` accepts."""
-    from tdfusion_edge.checkpoints import default_weights_path
+    from tdfusion_edge.checkpoints import BUILTIN_WEIGHTS, resolve_weights
 
-    return {"default": default_weights_path()}
+    return {name: resolve_weights(name) for name in BUILTIN_WEIGHTS}
 
 
 def _file_sha256(path: Path) -> str:

@@ -5,6 +5,8 @@ import os
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,3 +55,30 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_det(tmp_path_factory) -> Path:
+    """6 pairs of 64×64 scenes: a warm person (bright in IR) and a car (dark, visible only); 4 train, 2 val."""
+    root = tmp_path_factory.mktemp("tiny_det")
+    for sub in ("ir", "vi", "labels"):
+        (root / sub).mkdir()
+    rng = np.random.default_rng(0)
+    stems = [f"{i:04d}" for i in range(6)]
+    for i, stem in enumerate(stems):
+        ir = rng.integers(20, 60, (64, 64), dtype=np.uint8)
+        vis = np.repeat(rng.integers(100, 160, (64, 64, 1), dtype=np.uint8), 3, axis=2)
+        px, py = 8 + 4 * i, 10
+        cx, cy = 30, 36 + (i % 3)
+        ir[py:py + 24, px:px + 10] = 230
+        vis[cy:cy + 12, cx:cx + 24] = (40, 40, 200)
+        cv2.imwrite(str(root / "ir" / f"{stem}.png"), ir)
+        cv2.imwrite(str(root / "vi" / f"{stem}.png"), vis)
+        (root / "labels" / f"{stem}.txt").write_text(
+            f"0 {(px + 5) / 64:.6f} {(py + 12) / 64:.6f} {10 / 64:.6f} {24 / 64:.6f}\n"
+            f"1 {(cx + 12) / 64:.6f} {(cy + 6) / 64:.6f} {24 / 64:.6f} {12 / 64:.6f}\n")
+    (root / "train.txt").write_text("\n".join(stems[:4]) + "\n")
+    (root / "val.txt").write_text("\n".join(stems[4:]) + "\n")
+    (root / "data.yaml").write_text("path: .\nlayout: paired\ntask: det\ntrain: train.txt\nval: val.txt\n"
+                                    "names: [person, car]\nkeep_empty: true\n")
+    return root

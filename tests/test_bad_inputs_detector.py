@@ -215,3 +215,35 @@ def test_task_weights_from_own_format_transfer(tmp_path):
     src = dict(model.named_parameters())
     key = "model.0.conv.weight"
     assert torch.equal(dict(task.model.named_parameters())[key], src[key])
+
+
+def test_convert_det_half_keeps_provenance_and_fp16_values(tmp_path):
+    model = _yolo(seed=8)
+    pt = _ultralytics_pt(tmp_path / "trained.pt", model)
+    full, half = tmp_path / "full.tdet.pt", tmp_path / "half.tdet.pt"
+    assert _cli(["convert-det", str(pt), "--out", str(full)], tmp_path).returncode == 0
+    result = _cli(["convert-det", str(pt), "--out", str(half), "--half", "--note", "trained_on=msrs_det train",
+                   "--note", "epochs=20"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    raw = torch.load(half, weights_only=True)
+    assert raw["provenance"] == {"trained_on": "msrs_det train", "epochs": "20"}
+    assert all(v.dtype == torch.float16 for v in raw["state_dict"].values() if v.is_floating_point())
+    loaded = load_detector_model(str(half))  # back in fp32, each value the fp16 rounding of the original
+    src = load_detector_model(str(pt)).state_dict()
+    for k, v in loaded.state_dict().items():
+        if v.is_floating_point():
+            assert v.dtype == torch.float32 and torch.equal(v, src[k].half().float()), k
+    bad = _cli(["convert-det", str(pt), "--out", str(tmp_path / "x.tdet.pt"), "--note", "novalue"], tmp_path)
+    assert bad.returncode != 0 and "--note 'novalue' is not KEY=VALUE" in bad.stderr
+
+
+def test_builtin_detector_names_resolve_inside_the_package(tmp_path, monkeypatch):
+    from tdfusion_edge.checkpoints import BUILTIN_DETECTORS, resolve_detector_name
+
+    path = Path(resolve_detector_name("msrs"))
+    assert path.parent.name == "weights" and path.name == BUILTIN_DETECTORS["msrs"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "msrs").write_text("a file of that name here wins")
+    assert resolve_detector_name("msrs") == "msrs"
+    assert resolve_detector_name("yolov8n.yaml") == "yolov8n.yaml"

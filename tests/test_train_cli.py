@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tdfusion_edge.train.state import load_state
@@ -30,9 +31,11 @@ def test_cli_trains_resumes_and_reports_errors(tmp_path):
                 "--fusion-steps", 1, "--set", "g_update=adam", "--set", "lr=3e-4", "--out", out, "--no-progress")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "trained 1 epoch(s)" in first.stdout
-    for name in ("last.pt", "epoch_001.pt", "fusion_net.pt", "loss_generator.pt", "config.yaml", "train.log",
+    for name in ("last.pt", "best.pt", "fusion_net.pt", "loss_generator.pt", "best_fusion_net.pt",
+                 "best_loss_generator.pt", "config.yaml", "train.log",
                  "weight_maps/epoch_000.png", "weight_maps/epoch_001.png"):
         assert (out / name).is_file(), name
+    assert not (out / "epoch_001.pt").exists()  # per-epoch checkpoints only when asked for
     log = (out / "train.log").read_text()
     assert "epoch 1/1 | G: L_f" in log and "eval: mIoU" in log
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -44,7 +47,13 @@ def test_cli_trains_resumes_and_reports_errors(tmp_path):
     state = load_state(out / "last.pt")
     assert state["position"] == {"epoch": 2, "phase": "meta", "step": 0, "global_step": 6}
     assert state["config"]["g_update"] == "adam"  # the resumed run kept the checkpoint's config
-    assert (out / "epoch_002.pt").is_file()
+    assert not (out / "epoch_002.pt").exists()
+    # best.pt is the epoch with the highest eval mIoU, across the resume
+    scores = {int(e["epoch"]): e["eval_mIoU"] for e in state["history"] if "eval_mIoU" in e}
+    assert sorted(scores) == [1, 2]
+    best_epoch = max(scores, key=lambda k: (scores[k], -k))
+    assert state["best"] == {"metric": "mIoU", "value": pytest.approx(scores[best_epoch]), "epoch": best_epoch}
+    assert load_state(out / "best.pt")["position"]["epoch"] == best_epoch
     assert "epoch 2/2 |" in (out / "train.log").read_text()
 
     bad = cli("--data", "synthetic", "--set", "epoch=3", "--out", tmp_path / "bad")

@@ -18,7 +18,8 @@ def tiny_config(**extra):
     overrides = ["epochs=2", "meta_steps=3", "fusion_steps=2", "num_workers=0", "crop_size=24",
                  "synthetic={train: 8, val: 2, image_size: [32, 48]}", f"fusion_net={TINY_NET}",
                  f"loss_generator={TINY_NET}", "metric_samples=1", "eval_samples=2", "weight_map_samples=1",
-                 "checkpoint_every=2", "log_every=1", "lr=1e-3", "g_lr=1e-2"]
+                 "checkpoint_every=2", "log_every=1", "lr=1e-3", "g_lr=1e-2",
+                 "keep_epoch_checkpoints=true"]
     return build_config(overrides=overrides + [f"{k}={v}" for k, v in extra.items()])
 
 

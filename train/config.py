@@ -30,6 +30,7 @@ class TrainConfig:
 
     # data and task
     data: str = "synthetic"
+    data_root: str | None = None  # dataset folder, overriding the dataset YAML's path:
     task: str = "seg"
     task_weights: str | None = None
     num_classes: int | None = None
@@ -56,8 +57,9 @@ class TrainConfig:
     alpha: float = 1.0
     intensity_form: str = "paper"
     ablations: list[str] = field(default_factory=list)
+    remove_brightness_mode: bool = False  # variant: meta-gradient without the per-image I_ir - I_vis mode
     # networks (init_fusion: start F from a FusionNet checkpoint, ours or the released layout)
-    init_fusion: str | None = None
+    init_fusion: str | None = "auto"  # auto: the built-in weights when F has their size, else scratch
     fusion_net: dict[str, Any] = field(default_factory=lambda: FusionNetConfig().to_dict())
     loss_generator: dict[str, Any] = field(default_factory=lambda: LossGeneratorConfig().to_dict())
     # bookkeeping
@@ -68,7 +70,7 @@ class TrainConfig:
     weight_map_samples: int = 4
     checkpoint_every: int = 100
     log_every: int = 10
-    keep_epoch_checkpoints: bool = True
+    keep_epoch_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

@@ -32,7 +32,7 @@ def dataset_spec(cfg: TrainConfig) -> DatasetSpec:
         if Path(cfg.data).expanduser().is_dir():
             raise TDFusionError(f"--data {cfg.data} is a folder; training reads a dataset YAML (e.g. layout: paired, "
                                 f"path: {cfg.data}, train: train, with labels in {{split}}/masks or {{split}}/labels)")
-        spec = load_dataset_yaml(cfg.data)
+        spec = load_dataset_yaml(cfg.data, root=cfg.data_root)
     if spec.task != cfg.task:
         raise TDFusionError(f"dataset {cfg.data} is labelled for task {spec.task!r}, but --task is {cfg.task!r}")
     # the task network learns from labels: a split without any is refused before anything is built

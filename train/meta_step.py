@@ -20,6 +20,7 @@ from torch.func import functional_call
 from tdfusion_edge.kernels import fusion_loss
 
 from .distributed import GradReducer
+from .mode_removal import remove_brightness_mode
 
 Params = dict[str, torch.Tensor]
 
@@ -31,6 +32,7 @@ class LossSettings:
     alpha: float = 1.0
     intensity_form: str = "paper"
     fixed_w: float | None = None
+    remove_brightness_mode: bool = False  # variant: see mode_removal.py (inner update of the meta step only)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,10 @@ def inner_fusion_update(fusion_net: nn.Module, f_params: Params, f_buffers: Para
                         reducer: GradReducer | None = None) -> tuple[Params, torch.Tensor]:
     """Eq. 4 on a fusion crop: (θ_F' as a differentiable function of θ_G, L_f)."""
     fused = functional_call(fusion_net, (f_params, f_buffers), (ir, vis))
-    loss_f = fusion_objective(fused, ir, vis, weight_ir(loss_gen, g_params, ir, vis, settings), settings)
+    w_ir = weight_ir(loss_gen, g_params, ir, vis, settings)
+    if settings.remove_brightness_mode and settings.fixed_w is None:
+        w_ir = remove_brightness_mode(w_ir, ir, vis)
+    loss_f = fusion_objective(fused, ir, vis, w_ir, settings)
     names = list(f_params)
     grads = torch.autograd.grad(loss_f, [f_params[n] for n in names], create_graph=True, allow_unused=True)
     grads = [torch.zeros_like(f_params[n]) if g is None else g for n, g in zip(names, grads)]

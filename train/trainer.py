@@ -20,9 +20,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from tdfusion_edge.checkpoints import load_model, save_checkpoint
+from tdfusion_edge.checkpoints import load_model, resolve_weights, save_checkpoint
 from tdfusion_edge.errors import TDFusionError
-from tdfusion_edge.models import FusionNet, LossGenerator
+from tdfusion_edge.models import FusionNet, FusionNetConfig, LossGenerator
 from tdfusion_edge.tasks import build_task, to_task_input
 
 from .ablations import FIXED_W, Ablations, WeightedAverageFusion
@@ -61,6 +61,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+# the eval metric that picks best.pt, per task (higher is better)
+BEST_METRIC = {"seg": "mIoU", "det": "mAP50-95"}
+
+
 class Trainer:
     """Build everything from a TrainConfig, then ``fit()``; rank 0 writes all files under ``out_dir``."""
 
@@ -75,12 +79,14 @@ class Trainer:
         self.ablations = Ablations.from_names(cfg.ablations)
         self.loss_settings = LossSettings(alpha=0.0 if self.ablations.no_grad_loss else cfg.alpha,
                                           intensity_form=cfg.intensity_form,
-                                          fixed_w=FIXED_W if self.ablations.fixed_w else None)
+                                          fixed_w=FIXED_W if self.ablations.fixed_w else None,
+                                          remove_brightness_mode=cfg.remove_brightness_mode)
         self.position = Position()
         self.meters = Meters()
         self.history: list[dict[str, float]] = []
         self.last_checkpoint: Path | None = None
         self._saved_at: int | None = None  # global step of the last last.pt written
+        self.best: dict[str, float] | None = None  # {"metric": name, "value": v, "epoch": n} of best.pt
         self.stop = StopRequest()
         self._writer = None
         self._log_handler: logging.Handler | None = None
@@ -107,11 +113,17 @@ class Trainer:
             fusion: nn.Module = WeightedAverageFusion(self.loss_gen)
         else:
             fusion = FusionNet(cfg.fusion_net_config())
-            if cfg.init_fusion:
-                loaded, info = load_model(cfg.init_fusion, "FusionNet")
+            init = cfg.init_fusion
+            if init == "auto":
+                init = "default" if fusion.config == FusionNetConfig() else None
+                log.info("F starts from %s", "the built-in weights (init_fusion auto)" if init else
+                         "scratch (init_fusion auto: fusion_net differs from the built-in weights' size)")
+            if init:
+                loaded, info = load_model(resolve_weights(init), "FusionNet")
                 if loaded.config != fusion.config:
-                    raise TDFusionError(f"init_fusion {cfg.init_fusion} has size {info['config']}, "
-                                        f"but fusion_net is {cfg.fusion_net}")
+                    raise TDFusionError(f"init_fusion {init} has size {info['config']}, "
+                                        f"but fusion_net is {cfg.fusion_net} (--set init_fusion=null trains "
+                                        f"F from scratch)")
                 fusion.load_state_dict(loaded.state_dict())
         seg_options = {"class_weights": cfg.class_weights} if cfg.task == "seg" else {}
         self.task_net = build_task(cfg.task, cfg.num_classes or self.spec.num_classes, cfg.task_weights,
@@ -239,6 +251,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "meters": self.meters.state_dict(),
             "history": self.history,
+            "best": self.best,
         }
 
     def save(self, name: str = "last.pt") -> Path | None:
@@ -265,15 +278,17 @@ class Trainer:
                     signal.Signals(signum).name, p.epoch + 1, p.phase, p.step, p.global_step, self.last_checkpoint)
         raise TrainingInterrupted(signum, self.last_checkpoint)
 
-    def _export_models(self) -> None:
+    def _export_models(self, prefix: str = "") -> None:
         if not self.ctx.is_main:
             return
         prov = {"epoch": self.position.epoch, "task": self.cfg.task, "data": self.cfg.data,
                 "ablations": ",".join(self.ablations.names()) or "none"}
+        if self.best is not None and prefix:
+            prov[f"best_{self.best['metric']}"] = self.best["value"]
         if not self.ablations.weighted_average:
-            save_checkpoint(unwrap(self.fusion), self.out / "fusion_net.pt", prov)
+            save_checkpoint(unwrap(self.fusion), self.out / f"{prefix}fusion_net.pt", prov)
         if self.loss_gen is not None:
-            save_checkpoint(self.loss_gen, self.out / "loss_generator.pt", prov)
+            save_checkpoint(self.loss_gen, self.out / f"{prefix}loss_generator.pt", prov)
 
     def load(self, path: str | Path) -> None:
         """Restore a training state written by ``save`` (models, optimizers, schedulers, position, RNG)."""
@@ -297,6 +312,7 @@ class Trainer:
         self.position = Position(**state["position"])
         self.meters.load_state_dict(state.get("meters", {}))
         self.history = list(state.get("history", []))
+        self.best = state.get("best")
         self.stream.load_state_dict(state["stream"])
         rngs = state["rng"]
         if int(state.get("world_size", 1)) != self.ctx.world_size:
@@ -441,11 +457,30 @@ class Trainer:
         self.history.append(summary)
         self.meters.reset_epoch()
         self.position = Position(epoch=epoch + 1, phase="meta", step=0, global_step=self.position.global_step)
+        # decided before last.pt, which then records it; rank 0 evaluates, and saving is collective
+        improved = self.reducer.any_true(self._note_if_best(summary, epoch + 1))
         self.save("last.pt")
         if self.cfg.keep_epoch_checkpoints:
             self.save(f"epoch_{epoch + 1:03d}.pt")
         self._export_models()
+        if improved:
+            self.save("best.pt")
+            self._export_models(prefix="best_")
+            if self.ctx.is_main:
+                log.info("best so far: %s %.4g at epoch %d -> best.pt, best_fusion_net.pt",
+                         self.best["metric"], self.best["value"], epoch + 1)
         return summary
+
+    def _note_if_best(self, summary: dict[str, float], epoch: int) -> bool:
+        """Whether the task metric on the eval split beat every earlier epoch's (then ``self.best`` is updated)."""
+        key = BEST_METRIC[self.cfg.task]
+        value = summary.get(f"eval_{key}")
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is not None and value <= self.best["value"]:
+            return False
+        self.best = {"metric": key, "value": float(value), "epoch": epoch}
+        return True
 
     def _summary_line(self, epoch: int, s: dict[str, float]) -> str:
         def part(label: str, keys: list[tuple[str, str]]) -> str:

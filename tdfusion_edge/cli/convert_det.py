@@ -1,6 +1,8 @@
 """``tdfusion-edge convert-det``: an ultralytics YOLO .pt into this project's safe detector format."""
 from __future__ import annotations
 
+from tdfusion_edge.errors import TDFusionError
+
 from .common import add_command
 
 
@@ -10,13 +12,22 @@ def add_parser(subparsers) -> None:
                     "tdfusion-edge convert-det yolov8n.pt --out yolov8n.tdet.pt")
     p.add_argument("source", help="ultralytics YOLOv8 detection .pt (or a model yaml, for an untrained net)")
     p.add_argument("--out", default=None, help="output file (default: <stem>.tdet.pt here)")
+    p.add_argument("--half", action="store_true", help="store the weights as fp16 (half the size; read back as fp32)")
+    p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
+                   help="a provenance fact kept in the file, e.g. --note trained_on=msrs_det (repeatable)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from tdfusion_edge.validation.detector import convert_detector, load_detector_model
 
-    out = convert_detector(args.source, args.out)
+    notes = {}
+    for item in args.note:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TDFusionError(f"--note {item!r} is not KEY=VALUE")
+        notes[key.strip()] = value
+    out = convert_detector(args.source, args.out, half=args.half, provenance=notes)
     model = load_detector_model(str(out))  # read back: the file is usable as --det / task_weights
     print(f"wrote {out} ({len(model.names)} classes, {out.stat().st_size / 1e6:.1f} MB); "
           f"use it as --det {out} or --set task_weights={out}")

@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
                    help="frames of the live pipeline on synthetic camera streams (0: skip that step)")
     p.add_argument("--det", default="none",
                    help="detector for the live step: none, yolov8n.yaml (untrained), a local .pt (never downloaded), "
-                        "a converted detector (convert-det) or .onnx/.engine")
+                        "a converted detector (convert-det), .onnx/.engine, or the built-in msrs")
     p.set_defaults(func=run)
 
 

@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
     p = add_command(subparsers, "export", "export the fusion network to ONNX or a TensorRT engine",
                     "tdfusion-edge export --weights ReFusion_IVIF.pth --format onnx --imgsz 480 640")
     p.add_argument("--weights", default=None,
-                   help="fusion checkpoint (released layout or ours), or a built-in name: default, lite; "
+                   help="fusion checkpoint (released layout or ours), or a built-in name: default, lite, tdfusion-msrs; "
                         "default: built-in weights")
     p.add_argument("--format", default="onnx", choices=("onnx", "engine"), help="ONNX file or TensorRT engine")
     p.add_argument("--imgsz", nargs=2, type=int_in(8, MAX_SIDE), metavar=("H", "W"), default=None,
@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
                    help="TensorRT builder workspace (default 2 GiB)")
     p.add_argument("--det", default=None, metavar="YOLO",
                    help="also put a YOLOv8 detector in the graph: a local .pt (never downloaded), a converted "
-                        "detector (convert-det) or a model yaml (yolov8n.yaml)")
+                        "detector (convert-det), a model yaml (yolov8n.yaml) or the built-in msrs")
     p.add_argument("--io", default="float", choices=("float", "uint8"),
                    help="graph inputs: float Y in [0,1] (default) or uint8 BGR/gray frames, "
                         "pre/post-processing inside")

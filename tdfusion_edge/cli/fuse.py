@@ -30,7 +30,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder: gray PNGs, colour PNGs under color/")
     p.add_argument("--weights", default=None,
                    help="fusion checkpoint (released layout or ours), or a built-in name: default, "
-                        "lite (TDFusion-lite, ~30x cheaper); default: the built-in weights")
+                        "lite (TDFusion-lite, ~30x cheaper), tdfusion-msrs (task-driven on MSRS detection); default: the "
+                        "built-in weights")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="inference backend")
     p.add_argument("--half", action="store_true", help="FP16 inference (GPU backends)")

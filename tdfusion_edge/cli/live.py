@@ -41,7 +41,8 @@ def add_parser(subparsers) -> None:
     proc.add_argument("--homography", default=None, help="IR→visible homography (YAML/JSON from `tdfusion-edge calibrate`)")
     proc.add_argument("--weights", default=None,
                       help="fusion checkpoint (released layout or ours), or a built-in name: default, "
-                           "lite (TDFusion-lite, ~30x cheaper); default: the built-in weights")
+                           "lite (TDFusion-lite, ~30x cheaper), tdfusion-msrs (task-driven on MSRS detection); default: the "
+                           "built-in weights")
     proc.add_argument("--backend", default="auto",
                       help="fusion backend: auto (with --size: the fastest that passes its gate, measured), "
                            "torch, onnxruntime, onnxruntime-int8, tensorrt")
@@ -55,7 +56,8 @@ def add_parser(subparsers) -> None:
     proc.add_argument("--half", action="store_true", help="FP16 on GPU backends")
     proc.add_argument("--det", default="none",
                       help="detector: none (fusion only), yolov8n.yaml (untrained), a local .pt (never downloaded), "
-                           "a converted detector (convert-det), or an .onnx/.engine path")
+                           "a converted detector (convert-det), an .onnx/.engine path, or the built-in msrs (YOLOv8n for person, "
+                           "bicycle, car, trained here on tdfusion-msrs images)")
     proc.add_argument("--det-conf", type=float_in(0.0, 1.0), default=0.25, help="detection confidence threshold")
     proc.add_argument("--det-imgsz", type=int_in(32, MAX_SIDE), default=None,
                       help="detector input size (must match a static engine)")

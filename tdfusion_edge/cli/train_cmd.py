@@ -17,13 +17,14 @@ log = logging.getLogger("tdfusion_edge.train")
 # flag → config key; a flag given on the command line becomes a `key=value` override
 _FLAGS = {"data": "data", "task": "task", "epochs": "epochs", "meta_steps": "meta_steps",
           "fusion_steps": "fusion_steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
-          "workers": "num_workers"}
+          "workers": "num_workers", "root": "data_root"}
 
 
 def add_parser(subparsers) -> None:
     p = add_command(subparsers, "train", "train TDFusion (fusion net F, loss generator G, task net T)",
                     "tdfusion-edge train --data msrs.yaml --task seg --out runs/msrs_seg")
     p.add_argument("--data", help="dataset YAML, or 'synthetic' (procedural scenes, no files; default)")
+    p.add_argument("--root", help="dataset root folder (overrides the dataset YAML's path:)")
     p.add_argument("--task", choices=("seg", "det"), help="downstream task (default seg)")
     p.add_argument("--config", help="YAML file of config keys (see docs/training.md)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -43,6 +44,8 @@ def add_parser(subparsers) -> None:
 
 
 def _overrides(args) -> list[str]:
+    if args.root is not None:  # absolute, so that a resumed run finds the data from any folder
+        args.root = str(Path(args.root).expanduser().absolute())
     out = [f"{key}={getattr(args, flag)}" for flag, key in _FLAGS.items() if getattr(args, flag) is not None]
     return out + list(args.overrides)
 

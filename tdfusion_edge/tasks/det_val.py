@@ -13,8 +13,7 @@ from typing import Sequence
 
 from tdfusion_edge.errors import TDFusionError
 
-# Packaged detectors by the name ``--det`` accepts (file under tdfusion_edge/weights/); none ships yet.
-BUILTIN_DETECTORS: dict[str, str] = {}
+from tdfusion_edge.checkpoints import BUILTIN_DETECTORS
 
 
 @dataclass
@@ -60,14 +59,12 @@ def resolve_detector(value: str, names: Sequence[str]):
     detector files) or the path of an exported model (run by ultralytics' AutoBackend). A detector whose
     classes differ in number from the dataset's is an error.
     """
-    from importlib import resources
-
+    from tdfusion_edge.checkpoints import resolve_detector_name
     from tdfusion_edge.validation.detector import (build_from_yaml, check_detector_spec, load_detector_model,
                                                    read_model_yaml)
 
-    if value in BUILTIN_DETECTORS:
-        value = str(resources.files("tdfusion_edge") / "weights" / BUILTIN_DETECTORS[value])
-    elif Path(value).suffix == "" and not Path(value).exists():
+    value = resolve_detector_name(value)
+    if Path(value).suffix == "" and not Path(value).exists():
         known = ", ".join(BUILTIN_DETECTORS) or "none yet"
         raise TDFusionError(f"detector {value!r} is not a file or a built-in name (built-in: {known}); give a "
                             f".pt, .onnx or model .yaml")

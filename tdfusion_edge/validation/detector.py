@@ -16,6 +16,8 @@ layers in ``YOLO_LAYERS`` and activations like ``nn.SiLU()`` pass. Nothing is ev
 """
 from __future__ import annotations
 
+import json
+
 import copy
 import importlib
 import math
@@ -93,6 +95,9 @@ def check_detector_spec(spec: str | Path | None, deep: bool = True) -> DetectorS
     text = str(spec).strip() if spec is not None else ""
     if not text or text.lower() == NONE:
         return DetectorSpec(NONE, NONE)
+    from tdfusion_edge.checkpoints import resolve_detector_name
+
+    text = resolve_detector_name(text)
     if "://" in text:
         raise DetectorError(f"detector {text!r} is a URL; nothing is downloaded here: pass a local file")
     lower = text.lower()
@@ -383,8 +388,13 @@ def load_detector_model(spec: str | Path | DetectorSpec) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------------ own format
-def save_detector(model: torch.nn.Module, path: str | Path, source: str = "") -> Path:
-    """Write ``model`` in the own detector format (yaml + names + state dict as stored), atomically."""
+def save_detector(model: torch.nn.Module, path: str | Path, source: str = "", half: bool = False,
+                  provenance: Mapping | None = None) -> Path:
+    """Write ``model`` in the own detector format (yaml + names + state dict), atomically.
+
+    ``half``: floating tensors stored as fp16 (half the file; loading casts back to fp32);
+    ``provenance``: JSON-ready facts of how the model was made, kept in the file.
+    """
     from tdfusion_edge.checkpoints import atomic_torch_save
 
     cfg = check_model_yaml(_plain_yaml(getattr(model, "yaml", None) or {}), source or str(path))
@@ -395,9 +405,10 @@ def save_detector(model: torch.nn.Module, path: str | Path, source: str = "") ->
         "version": DETECTOR_VERSION,
         "yaml": cfg,
         "names": {int(k): str(v) for k, v in names.items()},
-        "state_dict": {k: v.detach().cpu().clone()
+        "state_dict": {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu()).clone()
                        for k, v in model.state_dict().items()},
         "source": str(source),
+        "provenance": json.loads(json.dumps(dict(provenance or {}))),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -405,7 +416,8 @@ def save_detector(model: torch.nn.Module, path: str | Path, source: str = "") ->
     return path
 
 
-def convert_detector(src: str | Path, dst: str | Path | None = None) -> Path:
+def convert_detector(src: str | Path, dst: str | Path | None = None, half: bool = False,
+                     provenance: Mapping | None = None) -> Path:
     """Convert an allow-listed ultralytics .pt (or a yaml) into the own format; returns the written path."""
     spec = check_detector_spec(src, deep=False)
     if spec.kind not in ("torch", "yaml"):
@@ -414,5 +426,5 @@ def convert_detector(src: str | Path, dst: str | Path | None = None) -> Path:
     out = Path(dst) if dst else Path(Path(str(src)).stem + ".tdet.pt")
     if out.resolve() == Path(spec.path).resolve():
         raise DetectorError(f"--out {out} would overwrite the source")
-    return save_detector(model, out, source=str(src))
+    return save_detector(model, out, source=str(src), half=half, provenance=provenance)
 

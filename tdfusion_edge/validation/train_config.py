@@ -119,7 +119,7 @@ def _count(lo: int, hi: int = MAX_COUNT):
 
 # key → check of its value; choices (task, g_update, ...) are left to TrainConfig.validate, which names them
 CHECKS = {
-    "data": _text, "task_weights": _optional(_text), "num_classes": _optional(_count(1, 10_000)),
+    "data": _text, "data_root": _optional(_text), "task_weights": _optional(_text), "num_classes": _optional(_count(1, 10_000)),
     "class_weights": _class_weights, "synthetic": _optional(_mapping), "crop_size": _optional(_count(8, MAX_SIDE)),
     "task_size": _optional(_hw), "num_workers": _count(0, 256),
     "epochs": _count(1), "meta_steps": _count(0), "fusion_steps": _count(0), "batch_size": _count(1, 65536),
@@ -130,7 +130,7 @@ CHECKS = {
     "fusion_net": check_net_size, "loss_generator": check_net_size,
     "seed": _count(0, 2**63 - 1), "eval_every": _count(1), "eval_samples": _count(0), "metric_samples": _count(0),
     "weight_map_samples": _count(0, 64), "checkpoint_every": _count(1), "log_every": _count(1),
-    "keep_epoch_checkpoints": _bool,
+    "keep_epoch_checkpoints": _bool, "remove_brightness_mode": _bool,
 }
 
 
