@@ -2,8 +2,9 @@
 (F + G) and ``msrs`` (YOLOv8n, fp16), each file holding how it was made (not a pytest test; run once).
 
     python benchmarks/package_msrs_models.py --run runs/tdfusion_msrs \\
-        --detector runs/task_benefit/runs/tdfusion/seed0/weights/best.pt --results runs/task_benefit/results.json \\
-        --data-root ../shared/data/msrs_det
+        --detector runs/task_benefit_shipped/runs/tdfusion/seed0/weights/best.pt \\
+        --results runs/task_benefit_shipped/results.json --data-root ../shared/data/msrs_det \\
+        --note "history=20 epochs from yolov8n.yaml (the table's tdfusion seed-0 run), then 30 from it"
 
 Writes ``tdfusion_edge/weights/tdfusion_msrs.pt``, ``tdfusion_msrs_loss_generator.pt`` and
 ``yolov8n_msrs.tdet.pt`` (or under ``--dest``).
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detector", required=True, help="ultralytics best.pt trained on the run's fused images")
     p.add_argument("--results", help="task_benefit results.json holding that detector's run (its schedule, mAP)")
     p.add_argument("--dest", default=str(REPO / "tdfusion_edge" / "weights"))
+    p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE", help="a fact for the detector's metadata")
     p.add_argument("--data-root", help="msrs_det folder: measure the written pair with tdfusion-edge val and "
                                        "record the numbers in the detector's metadata")
     args = p.parse_args(argv)
@@ -54,18 +56,23 @@ def main(argv: list[str] | None = None) -> int:
         model, _ = load_model(run / src, kind)
         save_checkpoint(model, dest / name, {**trained, "role": "F (fusion)" if kind == "FusionNet" else "G (loss weights)"})
         print(f"wrote {dest / name}")
-    notes = {"trainer": "ultralytics DetectionTrainer via benchmarks/task_benefit.py, from yolov8n.yaml (no pretraining)",
+    notes = {"trainer": "ultralytics DetectionTrainer via benchmarks/task_benefit.py (no pretrained download)",
              "trained_on": "msrs_det train split (201 pairs) fused by tdfusion-msrs, boxes of labels/",
              "classes": "person, bicycle, car"}
+    for item in args.note:
+        key, _, value = item.partition("=")
+        notes[key] = value
     if args.results:
         results = json.loads(Path(args.results).read_text())
         entry = next((v for v in results["runs"].values() if Path(v["best"]).resolve() == Path(args.detector).resolve()),
                      None)
         if entry is None:
             raise SystemExit(f"{args.detector} is not a run of {args.results}")
-        notes.update({"schedule": json.dumps(results["schedule"]), "seed": str(entry["seed"]),
-                      "val_mAP50": f"{entry['metrics']['mAP50']:.4f}",
-                      "val_mAP50-95": f"{entry['metrics']['mAP50-95']:.4f}"})
+        schedule = dict(results["schedule"])
+        schedule["model"] = Path(schedule["model"]).name  # a file name, not this machine's path
+        notes.update({"schedule": json.dumps(schedule), "seed": str(entry["seed"]),
+                      "val_mAP50": f"{entry['metrics']['mAP50']:.6f}",
+                      "val_mAP50-95": f"{entry['metrics']['mAP50-95']:.6f}"})
     out = convert_detector(args.detector, dest / "yolov8n_msrs.tdet.pt", half=True, provenance=notes)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     if args.data_root:

@@ -26,6 +26,7 @@ from tdfusion_edge.data.spec import load_dataset_yaml
 from tdfusion_edge.det_inputs import resolve_source, write_data_yaml, write_split
 from tdfusion_edge.errors import TDFusionError
 from tdfusion_edge.tasks.det_val import format_table, resolve_detector, validate
+from tdfusion_edge.validation.detector import check_detector_spec
 
 # Default schedule (see docs/task_benefit.md for how it was sized: one input × one seed ≤ 15 min on the
 # project's 2-core CPU).
@@ -69,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="use only the first N samples of each split")
     p.add_argument("--backend", default="auto", help="fusion backend for rendering the inputs (auto, torch, ...)")
     p.add_argument("--device", default="cpu", help="ultralytics device: cpu or a CUDA index")
+    p.add_argument("--init-from", default=None, metavar="BEST_PT",
+                   help="start every run from this detector (a best.pt of an earlier run here) instead of the yaml: "
+                        "a longer schedule for one row (a new --out)")
     p.add_argument("--smoke", action="store_true",
                    help="2 inputs (ir, vis), 1 seed, 1 epoch, 4 images per split, imgsz 64: checks the pipeline")
     return p.parse_args(argv)
@@ -107,6 +111,12 @@ def schedule_from(args) -> tuple[Schedule, list[int]]:
     if pick["epochs"] < 1 or pick["batch"] < 1:
         raise TDFusionError("--epochs and --batch must be ≥ 1")
     seeds = list(pick.pop("seeds"))
+    if getattr(args, "init_from", None):
+        init = Path(args.init_from)
+        if not init.is_file():
+            raise TDFusionError(f"--init-from {init} not found")
+        check_detector_spec(str(init))  # allow-listed before ultralytics unpickles it to start training
+        pick["model"] = str(init.resolve())
     return Schedule(**pick), seeds
 
 
@@ -180,7 +190,8 @@ def train_detector(data_yaml: Path, run_dir: Path, seed: int, schedule: Schedule
         shutil.rmtree(run_dir)  # an attempt that died before its first checkpoint
     YOLO(schedule.model).train(
         data=str(data_yaml), epochs=schedule.epochs, imgsz=schedule.imgsz, batch=schedule.batch,
-        workers=schedule.workers, seed=seed, deterministic=True, device=device, pretrained=False, amp=False,
+        workers=schedule.workers, seed=seed, deterministic=True, device=device,
+        pretrained=schedule.model != MODEL_YAML, amp=False,
         plots=False, project=str(run_dir.parent), name=run_dir.name, exist_ok=True, verbose=False,
         val=False)  # no per-epoch validation (CPU time); best.pt is then the last epoch, validated below
     return best, False

@@ -6,7 +6,8 @@ and a panel of its weight maps with the boxes outlined (not a pytest test; run o
         --root ../shared/data/msrs_det --split val --out runs/weight_stats
 
 Writes ``weight_stats.json`` (also for a freshly initialised G of the same size and seed, the start of
-training) and ``weight_maps.png`` (the first day and night frames of the split).
+training), the same as a Markdown table in ``weight_stats.md``, and ``weight_maps.png`` (the first day
+and night frames of the split).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    from tdfusion_edge.checkpoints import load_model, resolve_weights
+    from tdfusion_edge.checkpoints import load_model
     from tdfusion_edge.data.build import build_dataset
     from tdfusion_edge.data.spec import load_dataset_yaml
     from tdfusion_edge.models import LossGenerator
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_dataset_yaml(args.data, root=args.root)
     size = tuple(args.task_size) if args.task_size else None
     dataset = build_dataset(spec, args.split, views=("task",), **({"task_size": size} if size else {}))
-    loss_gen, info = load_model(args.loss_gen, "LossGenerator")
+    loss_gen, info = load_model(args.loss_gen, "LossGenerator")  # a path or a built-in name (tdfusion-msrs)
     seed_everything(args.init_seed)
     fresh = LossGenerator(loss_gen.config).eval()
     samples = [dataset[i] for i in tqdm(range(len(dataset)), desc=f"load {args.split}")]
@@ -60,13 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "weight_stats.json").write_text(json.dumps(result, indent=2))
+    (out / "weight_stats.md").write_text(markdown(result, names, f"initialised_seed{args.init_seed}"))
 
     picks = _pick_frames(samples, args.frames, condition_of)
     ir = torch.stack([samples[i]["ir"] for i in picks])
     vis = torch.stack([samples[i]["vis"] for i in picks])
     with torch.no_grad():
         w = loss_gen(ir, vis)[:, :1]
-        fused = load_model(resolve_weights(args.fusion), "FusionNet")[0](ir, vis) if args.fusion else None
+        fused = load_model(args.fusion, "FusionNet")[0](ir, vis) if args.fusion else None
     h, wd = ir.shape[-2:]
     outlines = [box_mask(samples[i]["boxes"], h, wd) for i in picks]
     save_weight_maps(out / "weight_maps.png", ir, vis, w, fused, outlines=outlines,
@@ -81,6 +83,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"agree with brighter source {t['agree_with_brighter_source']:.3f}, "
           f"corr with ir-vis {t['corr_with_ir_minus_vis']:.3f}; wrote {out}")
     return 0
+
+
+def markdown(result: dict, names: list[str], init_key: str) -> str:
+    """Mean w_ir per region and condition: trained G, G at initialisation, the brightness rule."""
+    t, i = result["trained"], result[init_key]
+    rule = t["brighter_source_rule"]
+    regions = ["objects", "background", *names]
+    lines = ["| frames | G | " + " | ".join(regions) + " |", "|---|---|" + "---|" * len(regions)]
+    for cond in ("all", "day", "night"):
+        if cond not in t:
+            continue
+        count = sum(t["frames"].values()) if cond == "all" else t["frames"].get(cond, 0)
+        for label, table in (("trained", t[cond]), ("at init", i[cond]), ("brightness rule", rule[cond])):
+            cells = [f"{table[r]:.3f}" if r in table else "–" for r in regions]
+            lines.append(f"| {cond} ({count}) | {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"w_ir > ½ exactly where I_ir > I_vis: trained {t['agree_with_brighter_source']:.1%}, at init "
+                 f"{i['agree_with_brighter_source']:.1%}; mean per-frame correlation of w_ir with I_ir − I_vis: "
+                 f"trained {t['corr_with_ir_minus_vis']:+.3f}, at init {i['corr_with_ir_minus_vis']:+.3f}.")
+    return "\n".join(lines) + "\n"
 
 
 def _pick_frames(samples: list[dict], count: int, condition_of) -> list[int]:

@@ -116,6 +116,16 @@ def test_task_benefit_smoke_records_resumes_and_val_reproduces(tiny_det, tmp_pat
     assert got["mAP50"] == pytest.approx(runs["vis/seed0"]["metrics"]["mAP50"], abs=1e-9)
     assert got["mAP50-95"] == pytest.approx(runs["vis/seed0"]["metrics"]["mAP50-95"], abs=1e-9)
 
+    # a longer schedule for one row, starting from that detector (a new --out; the schedule names it)
+    longer = run([*cmd[:-1], str(tmp_path / "tb_more"), "--only", "vis", "--init-from", best], tmp_path, timeout=600)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    more = json.loads((tmp_path / "tb_more" / "results.json").read_text())
+    assert more["schedule"]["model"] == str(Path(best).resolve()) and set(more["runs"]) == {"vis/seed0"}
+    assert "Transferred" in longer.stdout + longer.stderr  # ultralytics loaded the given weights
+    assert "Transferred" not in first.stdout + first.stderr  # (a run from the yaml has none to load)
+    missing = run([*cmd[:-1], str(tmp_path / "tb_x"), "--init-from", str(tmp_path / "none.pt")], tmp_path)
+    assert missing.returncode == 2 and "--init-from" in missing.stderr and "not found" in missing.stderr
+
 
 @pytest.mark.skipif(not (MSRS_DET / "val.txt").is_file(), reason="needs ../shared/data/msrs_det")
 def test_val_on_four_msrs_det_pairs(tmp_path):

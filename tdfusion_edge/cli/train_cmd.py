@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -45,7 +46,7 @@ def add_parser(subparsers) -> None:
 
 def _overrides(args) -> list[str]:
     if args.root is not None:  # absolute, so that a resumed run finds the data from any folder
-        args.root = str(Path(args.root).expanduser().absolute())
+        args.root = os.path.abspath(Path(args.root).expanduser())
     out = [f"{key}={getattr(args, flag)}" for flag, key in _FLAGS.items() if getattr(args, flag) is not None]
     return out + list(args.overrides)
 
