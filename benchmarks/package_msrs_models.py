@@ -1,5 +1,5 @@
 """Package a TDFusion run on MSRS detection and its detector as the built-in models ``tdfusion-msrs``
-(F + G) and ``msrs`` (YOLOv8n, fp16), each file holding how it was made (not a pytest test; run once).
+(F + G) and ``msrs`` (YOLOv8n, int8-stored weights), each file holding how it was made (not a pytest test; run once).
 
     python benchmarks/package_msrs_models.py --run runs/tdfusion_msrs \\
         --detector runs/task_benefit_shipped/runs/tdfusion/seed0/weights/best.pt \\
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detector", required=True, help="ultralytics best.pt trained on the run's fused images")
     p.add_argument("--results", help="task_benefit results.json holding that detector's run (its schedule, mAP)")
     p.add_argument("--dest", default=str(REPO / "tdfusion_edge" / "weights"))
+    p.add_argument("--det-precision", choices=("fp16", "int8"), default="int8",
+                   help="how the detector's weights are stored (int8: per-channel weight-only, measured by --data-root)")
     p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE", help="a fact for the detector's metadata")
     p.add_argument("--data-root", help="msrs_det folder: measure the written pair with tdfusion-edge val and "
                                        "record the numbers in the detector's metadata")
@@ -73,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         notes.update({"schedule": json.dumps(schedule), "seed": str(entry["seed"]),
                       "val_mAP50": f"{entry['metrics']['mAP50']:.6f}",
                       "val_mAP50-95": f"{entry['metrics']['mAP50-95']:.6f}"})
-    out = convert_detector(args.detector, dest / "yolov8n_msrs.tdet.pt", half=True, provenance=notes)
+    out = convert_detector(args.detector, dest / "yolov8n_msrs.tdet.pt", precision=args.det_precision,
+                           provenance={**notes, "storage": args.det_precision})
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     if args.data_root:
-        shipped = _val(dest / "tdfusion_msrs.pt", out, args.data_root)
+        shipped = _val(dest / "tdfusion_msrs.pt", out, os.path.abspath(args.data_root))
+        notes = {**notes, "storage": args.det_precision}
         notes.update({"shipped_val_mAP50": f"{shipped['mAP50']:.6f}", "shipped_val_mAP50-95": f"{shipped['mAP50-95']:.6f}",
                       "shipped_val_command": "tdfusion-edge val --data msrs_det.yaml --root <msrs_det> --split val "
                                              "--weights tdfusion-msrs --det msrs --imgsz 320"})

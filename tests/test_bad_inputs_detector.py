@@ -217,25 +217,51 @@ def test_task_weights_from_own_format_transfer(tmp_path):
     assert torch.equal(dict(task.model.named_parameters())[key], src[key])
 
 
-def test_convert_det_half_keeps_provenance_and_fp16_values(tmp_path):
+def test_convert_det_precisions_keep_provenance_and_values(tmp_path):
     model = _yolo(seed=8)
     pt = _ultralytics_pt(tmp_path / "trained.pt", model)
-    full, half = tmp_path / "full.tdet.pt", tmp_path / "half.tdet.pt"
-    assert _cli(["convert-det", str(pt), "--out", str(full)], tmp_path).returncode == 0
-    result = _cli(["convert-det", str(pt), "--out", str(half), "--half", "--note", "trained_on=msrs_det train",
-                   "--note", "epochs=20"], tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert half.stat().st_size < 0.6 * full.stat().st_size
-    raw = torch.load(half, weights_only=True)
-    assert raw["provenance"] == {"trained_on": "msrs_det train", "epochs": "20"}
-    assert all(v.dtype == torch.float16 for v in raw["state_dict"].values() if v.is_floating_point())
-    loaded = load_detector_model(str(half))  # back in fp32, each value the fp16 rounding of the original
     src = load_detector_model(str(pt)).state_dict()
-    for k, v in loaded.state_dict().items():
+    files = {p: tmp_path / f"{p}.tdet.pt" for p in ("fp32", "fp16", "int8")}
+    for precision, path in files.items():
+        result = _cli(["convert-det", str(pt), "--out", str(path), "--precision", precision,
+                       "--note", "trained_on=msrs_det train", "--note", "epochs=20"], tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+        assert torch.load(path, weights_only=True)["provenance"] == {"trained_on": "msrs_det train", "epochs": "20"}
+    size = {p: f.stat().st_size for p, f in files.items()}
+    assert size["fp16"] < 0.6 * size["fp32"] and size["int8"] < 0.35 * size["fp32"]
+    half = load_detector_model(str(files["fp16"])).state_dict()  # back in fp32: the fp16 rounding of each value
+    for k, v in half.items():
         if v.is_floating_point():
             assert v.dtype == torch.float32 and torch.equal(v, src[k].half().float()), k
+    raw = torch.load(files["int8"], weights_only=True)
+    assert raw["version"] == 2 and raw["int8_scales"]
+    q = load_detector_model(str(files["int8"])).state_dict()
+    for k in raw["int8_scales"]:  # each weight within half a quantisation step of its channel's scale
+        step = raw["int8_scales"][k].view(-1, *([1] * (src[k].dim() - 1)))
+        assert raw["state_dict"][k].dtype == torch.int8
+        assert bool(((q[k] - src[k].float()).abs() <= 0.5 * step + 1e-7).all()), k
+    x = torch.rand(1, 3, 64, 64)
+    ref, got = _predict(load_detector_model(str(files["fp32"])), x), _predict(load_detector_model(str(files["int8"])), x)
+    assert float((got - ref).abs().max()) < 0.05 * float(ref.abs().max())
     bad = _cli(["convert-det", str(pt), "--out", str(tmp_path / "x.tdet.pt"), "--note", "novalue"], tmp_path)
     assert bad.returncode != 0 and "--note 'novalue' is not KEY=VALUE" in bad.stderr
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda raw: raw["int8_scales"].popitem(), "is stored as int8 without a scale"),
+    (lambda raw: raw["int8_scales"].update({"model.99.w": torch.ones(3)}), "int8 scale for unknown key"),
+    (lambda raw: raw["int8_scales"].update({k: v[:-1] for k, v in list(raw["int8_scales"].items())[:1]}),
+     "finite floats"),
+    (lambda raw: raw.update({"int8_scales": [1, 2]}), "not a mapping"),
+])
+def test_corrupt_int8_scales_are_one_line_errors(tmp_path, corrupt, message):
+    path = save_detector(_yolo(seed=9), tmp_path / "q.tdet.pt", precision="int8")
+    raw = torch.load(path, weights_only=True)
+    corrupt(raw)
+    torch.save(raw, path)
+    with pytest.raises(DetectorError, match=message):
+        load_detector_model(str(path))
 
 
 def test_builtin_detector_names_resolve_inside_the_package(tmp_path, monkeypatch):

@@ -12,7 +12,9 @@ def add_parser(subparsers) -> None:
                     "tdfusion-edge convert-det yolov8n.pt --out yolov8n.tdet.pt")
     p.add_argument("source", help="ultralytics YOLOv8 detection .pt (or a model yaml, for an untrained net)")
     p.add_argument("--out", default=None, help="output file (default: <stem>.tdet.pt here)")
-    p.add_argument("--half", action="store_true", help="store the weights as fp16 (half the size; read back as fp32)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="storage of the weights: fp32 (as trained), fp16 (half the size) or int8 weights with a "
+                        "scale per output channel (a quarter); always read back as fp32")
     p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
                    help="a provenance fact kept in the file, e.g. --note trained_on=msrs_det (repeatable)")
     p.set_defaults(func=run)
@@ -27,7 +29,7 @@ def run(args) -> int:
         if not sep or not key.strip():
             raise TDFusionError(f"--note {item!r} is not KEY=VALUE")
         notes[key.strip()] = value
-    out = convert_detector(args.source, args.out, half=args.half, provenance=notes)
+    out = convert_detector(args.source, args.out, precision=args.precision, provenance=notes)
     model = load_detector_model(str(out))  # read back: the file is usable as --det / task_weights
     print(f"wrote {out} ({len(model.names)} classes, {out.stat().st_size / 1e6:.1f} MB); "
           f"use it as --det {out} or --set task_weights={out}")

@@ -16,10 +16,9 @@ layers in ``YOLO_LAYERS`` and activations like ``nn.SiLU()`` pass. Nothing is ev
 """
 from __future__ import annotations
 
-import json
-
 import copy
 import importlib
+import json
 import math
 import pickle
 import re
@@ -32,9 +31,10 @@ import torch
 from tdfusion_edge.errors import TDFusionError
 
 from .checkpoint import describe_bytes
+from .detector_storage import pack, unpack
 
 DETECTOR_FORMAT = "tdfusion-edge-detector"
-DETECTOR_VERSION = 1
+DETECTOR_VERSION = 2  # 2: int8 weights with per-channel scales (int8_scales)
 NONE = "none"
 TORCH_SUFFIXES = (".pt", ".pth")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -349,6 +349,13 @@ def _from_own_format(obj: Mapping, path: Path) -> torch.nn.Module:
     state = obj.get("state_dict")
     if not isinstance(state, Mapping):
         raise DetectorError(f"detector {path} has no state_dict")
+    if any(not isinstance(v, torch.Tensor) for v in state.values()):
+        bad = next(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+        raise DetectorError(f"detector {path}: entry {bad!r} is a {type(state[bad]).__name__}, not a tensor")
+    try:
+        state = unpack(state, obj.get("int8_scales"), f"detector {path}")
+    except ValueError as exc:
+        raise DetectorError(str(exc)) from None
     own = model.state_dict()
     for key, value in state.items():
         if key not in own:
@@ -388,35 +395,38 @@ def load_detector_model(spec: str | Path | DetectorSpec) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------------ own format
-def save_detector(model: torch.nn.Module, path: str | Path, source: str = "", half: bool = False,
+def save_detector(model: torch.nn.Module, path: str | Path, source: str = "", precision: str = "fp32",
                   provenance: Mapping | None = None) -> Path:
     """Write ``model`` in the own detector format (yaml + names + state dict), atomically.
 
-    ``half``: floating tensors stored as fp16 (half the file; loading casts back to fp32);
-    ``provenance``: JSON-ready facts of how the model was made, kept in the file.
+    ``precision``: fp32 as trained, fp16 (half the file) or int8 weights with per-channel scales (a
+    quarter; see ``detector_storage``); loading always gives fp32. ``provenance``: JSON-ready facts of
+    how the model was made, kept in the file.
     """
     from tdfusion_edge.checkpoints import atomic_torch_save
 
     cfg = check_model_yaml(_plain_yaml(getattr(model, "yaml", None) or {}), source or str(path))
     names = getattr(model, "names", None) or {}
     names = dict(names) if isinstance(names, Mapping) else dict(enumerate(names))
+    stored, scales = pack(model.state_dict(), precision)
     payload = {
         "format": DETECTOR_FORMAT,
-        "version": DETECTOR_VERSION,
+        "version": DETECTOR_VERSION if scales else 1,  # version 1 readers know every other precision
         "yaml": cfg,
         "names": {int(k): str(v) for k, v in names.items()},
-        "state_dict": {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu()).clone()
-                       for k, v in model.state_dict().items()},
+        "state_dict": stored,
         "source": str(source),
         "provenance": json.loads(json.dumps(dict(provenance or {}))),
     }
+    if scales:
+        payload["int8_scales"] = scales
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(payload, path)
     return path
 
 
-def convert_detector(src: str | Path, dst: str | Path | None = None, half: bool = False,
+def convert_detector(src: str | Path, dst: str | Path | None = None, precision: str = "fp32",
                      provenance: Mapping | None = None) -> Path:
     """Convert an allow-listed ultralytics .pt (or a yaml) into the own format; returns the written path."""
     spec = check_detector_spec(src, deep=False)
@@ -426,5 +436,5 @@ def convert_detector(src: str | Path, dst: str | Path | None = None, half: bool 
     out = Path(dst) if dst else Path(Path(str(src)).stem + ".tdet.pt")
     if out.resolve() == Path(spec.path).resolve():
         raise DetectorError(f"--out {out} would overwrite the source")
-    return save_detector(model, out, source=str(src), half=half, provenance=provenance)
+    return save_detector(model, out, source=str(src), precision=precision, provenance=provenance)
 
