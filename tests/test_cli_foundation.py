@@ -34,6 +34,10 @@ def test_info_reports_versions_and_backends():
     assert res.returncode == 0, res.stderr
     for key in ("torch", "triton kernels", "fusion backends usable", "cuda available", "live pre-processing"):
         assert key in res.stdout
+    models = next(line for line in res.stdout.splitlines() if line.startswith("built-in models"))
+    for name in ("--weights default", "--weights lite", "--weights tdfusion-msrs", "G tdfusion-msrs", "--det msrs"):
+        assert name in models
+    assert "missing" not in models  # every built-in name has its file in the package
 
 
 @pytest.fixture

@@ -43,6 +43,12 @@ def test_files_are_small_safe_and_say_how_they_were_made():
     assert raw["provenance"]["classes"] == "person, bicycle, car" and "val_mAP50-95" in raw["provenance"]
     model = load_detector_model("msrs")
     assert model.names == {0: "person", 1: "bicycle", 2: "car"}
+    # and as a training warm start (--set task_weights=msrs): every weight transferred
+    from tdfusion_edge.tasks import build_task
+
+    task = dict(build_task("det", 3, "msrs", names=["person", "bicycle", "car"]).model.named_parameters())
+    src = model.state_dict()
+    assert all(torch.equal(v, src[k]) for k, v in task.items() if k in src) and "model.0.conv.weight" in task
 
 
 def _night_pairs_with_people(count: int) -> list[str]:

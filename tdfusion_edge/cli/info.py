@@ -44,12 +44,29 @@ def collect_info() -> dict[str, object]:
                               if triton_available() else "not available")
     info["nvcc"] = shutil.which("nvcc") or "not found"
     info["live pre-processing"] = _preprocessing()
+    info["built-in models"] = _builtin_models()
     try:
         backends = importlib.import_module("tdfusion_edge.export.backends")
         info["fusion backends usable"] = ", ".join(backends.available_backends())
     except (ImportError, AttributeError):
         info["fusion backends usable"] = "torch"
     return info
+
+
+def _builtin_models() -> str:
+    """The names --weights / --det / load_model take, each with its file size (or that it is missing)."""
+    from pathlib import Path
+
+    from tdfusion_edge.checkpoints import (BUILTIN_DETECTORS, BUILTIN_LOSS_GENERATORS, BUILTIN_WEIGHTS,
+                                           resolve_detector_name, resolve_weights)
+
+    def size(path: Path) -> str:
+        return f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "missing"
+
+    parts = [f"--weights {n} ({size(resolve_weights(n))})" for n in BUILTIN_WEIGHTS]
+    parts += [f"G {n} ({size(resolve_weights(n, 'LossGenerator'))})" for n in BUILTIN_LOSS_GENERATORS]
+    parts += [f"--det {n} ({size(Path(resolve_detector_name(n)))})" for n in BUILTIN_DETECTORS]
+    return "; ".join(parts)
 
 
 def _preprocessing() -> str:
