@@ -111,7 +111,7 @@ def schedule_from(args) -> tuple[Schedule, list[int]]:
     if pick["epochs"] < 1 or pick["batch"] < 1:
         raise TDFusionError("--epochs and --batch must be ≥ 1")
     seeds = list(pick.pop("seeds"))
-    if getattr(args, "init_from", None):
+    if args.init_from:
         init = Path(args.init_from)
         if not init.is_file():
             raise TDFusionError(f"--init-from {init} not found")

@@ -36,7 +36,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tdfusion_edge.errors import TDFusionError
+
     args = _args(argv)
+    try:
+        return _run(args)
+    except TDFusionError as exc:  # a wrong file or dataset: one line, as the CLI says it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from tdfusion_edge.checkpoints import load_model
     from tdfusion_edge.data.build import build_dataset
     from tdfusion_edge.data.spec import load_dataset_yaml
@@ -45,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     from tdfusion_edge.train.weight_maps import save_weight_maps
     from tdfusion_edge.train.weight_stats import box_mask, condition_of, weight_statistics
 
+    # both models first: a wrong file fails before any frame is read
+    loss_gen, info = load_model(args.loss_gen, "LossGenerator")  # a path or a built-in name (tdfusion-msrs)
+    fusion = load_model(args.fusion, "FusionNet")[0] if args.fusion else None
     spec = load_dataset_yaml(args.data, root=args.root)
     size = tuple(args.task_size) if args.task_size else None
     dataset = build_dataset(spec, args.split, views=("task",), **({"task_size": size} if size else {}))
-    loss_gen, info = load_model(args.loss_gen, "LossGenerator")  # a path or a built-in name (tdfusion-msrs)
     seed_everything(args.init_seed)
     fresh = LossGenerator(loss_gen.config).eval()
     samples = [dataset[i] for i in tqdm(range(len(dataset)), desc=f"load {args.split}")]
@@ -68,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     vis = torch.stack([samples[i]["vis"] for i in picks])
     with torch.no_grad():
         w = loss_gen(ir, vis)[:, :1]
-        fused = load_model(args.fusion, "FusionNet")[0](ir, vis) if args.fusion else None
+        fused = fusion(ir, vis) if fusion is not None else None
     h, wd = ir.shape[-2:]
     outlines = [box_mask(samples[i]["boxes"], h, wd) for i in picks]
     save_weight_maps(out / "weight_maps.png", ir, vis, w, fused, outlines=outlines,

@@ -154,3 +154,28 @@ def test_training_state_with_a_bad_version_is_one_line(tmp_path):
     torch.save({"format": STATE_FORMAT, "version": "1; rm -rf"}, path)
     with pytest.raises(CheckpointError, match="unreadable format version"):
         load_state(path)
+
+
+def test_root_that_is_not_a_folder_is_one_line(tmp_path):
+    proc, out = _train(tmp_path, "--data", "msrs_det.yaml", "--root", tmp_path / "nowhere", "--task", "det")
+    _assert_refused(proc, out, f"dataset root {tmp_path / 'nowhere'} is not a folder")
+
+
+def test_data_named_like_a_yaml_literal_stays_a_path(tmp_path):
+    # "on" and "2024" are a bool and an int to YAML; given as --data they are file names and say so
+    for name in ("on", "2024"):
+        proc, out = _train(tmp_path, "--data", name)
+        _assert_refused(proc, out, f"dataset config {name} not found")
+
+
+def test_weight_stats_on_a_wrong_file_is_one_line(tmp_path):
+    from tdfusion_edge.checkpoints import resolve_weights
+
+    repo = Path(__file__).resolve().parents[1]
+    fusion_net = resolve_weights("default")  # a FusionNet where a LossGenerator is expected
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "weight_stats.py"), "--loss-gen", str(fusion_net),
+                           "--data", "msrs_det.yaml", "--root", str(tmp_path), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {fusion_net} holds a FusionNet, not a LossGenerator"
+    assert not (tmp_path / "out").exists()

@@ -69,6 +69,7 @@ def weight_statistics(loss_gen: nn.Module, samples: Iterable[dict], names: list[
         w = loss_gen(ir, vis)[0, 0].float().cpu().numpy()
         h, wd = w.shape
         objects = box_mask(s["boxes"], h, wd)
+        per_class = [box_mask(s["boxes"], h, wd, cls=k) for k in range(len(names))]
         cond = condition_of(s["name"])
         frames[cond] += 1
         diff = (ir - vis)[0, 0].float().cpu().numpy()
@@ -77,8 +78,8 @@ def weight_statistics(loss_gen: nn.Module, samples: Iterable[dict], names: list[
             for acc, values in ((sums[key], w), (rule[key], brighter)):
                 acc.add("objects", values, objects)
                 acc.add("background", values, ~objects)
-                for k, cls_name in enumerate(names):
-                    acc.add(cls_name, values, box_mask(s["boxes"], h, wd, cls=k))
+                for cls_name, mask in zip(names, per_class):
+                    acc.add(cls_name, values, mask)
         agree += int(((w > 0.5) == (diff > 0)).sum())
         pixels += w.size
         if w.std() > 0 and diff.std() > 0:

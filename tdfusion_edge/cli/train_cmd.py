@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 import shlex
@@ -18,7 +19,9 @@ log = logging.getLogger("tdfusion_edge.train")
 # flag → config key; a flag given on the command line becomes a `key=value` override
 _FLAGS = {"data": "data", "task": "task", "epochs": "epochs", "meta_steps": "meta_steps",
           "fusion_steps": "fusion_steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
-          "workers": "num_workers", "root": "data_root"}
+          "workers": "num_workers"}
+# flags holding text: quoted as JSON (valid YAML), so a path such as "2024" or "on" stays a string
+_TEXT_FLAGS = {"data", "task"}
 
 
 def add_parser(subparsers) -> None:
@@ -45,9 +48,10 @@ def add_parser(subparsers) -> None:
 
 
 def _overrides(args) -> list[str]:
+    out = [f"{key}={json.dumps(value) if flag in _TEXT_FLAGS else value}"
+           for flag, key in _FLAGS.items() if (value := getattr(args, flag)) is not None]
     if args.root is not None:  # absolute, so that a resumed run finds the data from any folder
-        args.root = os.path.abspath(Path(args.root).expanduser())
-    out = [f"{key}={getattr(args, flag)}" for flag, key in _FLAGS.items() if getattr(args, flag) is not None]
+        out.append(f"data_root={json.dumps(os.path.abspath(Path(args.root).expanduser()))}")
     return out + list(args.overrides)
 
 

@@ -231,5 +231,7 @@ def load_dataset_yaml(path: str | Path, root: str | Path | None = None) -> Datas
     except yaml.YAMLError as exc:
         raise TDFusionError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if root is not None:
+        if not Path(root).expanduser().is_dir():
+            raise TDFusionError(f"dataset root {root} is not a folder")
         cfg = {**(cfg or {}), "path": str(Path(root).expanduser().absolute())}
     return spec_from_dict(cfg or {}, base_dir=base_dir, source=path)

@@ -349,8 +349,8 @@ def _from_own_format(obj: Mapping, path: Path) -> torch.nn.Module:
     state = obj.get("state_dict")
     if not isinstance(state, Mapping):
         raise DetectorError(f"detector {path} has no state_dict")
-    if any(not isinstance(v, torch.Tensor) for v in state.values()):
-        bad = next(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+    bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
         raise DetectorError(f"detector {path}: entry {bad!r} is a {type(state[bad]).__name__}, not a tensor")
     try:
         state = unpack(state, obj.get("int8_scales"), f"detector {path}")
@@ -360,8 +360,6 @@ def _from_own_format(obj: Mapping, path: Path) -> torch.nn.Module:
     for key, value in state.items():
         if key not in own:
             raise DetectorError(f"detector {path} has unexpected key {str(key)[:80]!r}")
-        if not isinstance(value, torch.Tensor):
-            raise DetectorError(f"detector {path}: entry {key!r} is a {type(value).__name__}, not a tensor")
         if tuple(value.shape) != tuple(own[key].shape):
             raise DetectorError(f"detector {path}: key {key!r} has shape {tuple(value.shape)}, "
                                 f"the yaml gives {tuple(own[key].shape)}")
