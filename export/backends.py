@@ -15,6 +15,7 @@ on a GPU TensorRT, torch (CUDA graphs), onnxruntime-CUDA; on a CPU onnxruntime, 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -263,6 +264,9 @@ class OnnxRuntimeInt8Backend(FusionBackend):
             raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)")
         self.net, self.calib, self.cache_dir = net, calib, cache_dir
         self.options = options or Int8Options()
+        keep = tuple(getattr(getattr(net, "net", net), "INT8_FLOAT_WEIGHTS", ()))
+        if keep and not self.options.float_weights:
+            self.options = dataclasses.replace(self.options, float_weights=keep)
         self.threads = threads or torch.get_num_threads()
         self.model_id = model_hash(net)
         self.gate_report = None

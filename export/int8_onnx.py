@@ -18,6 +18,7 @@ Weights are int8 per output channel, activations uint8 (U8S8: the VNNI ``vpdpbus
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -60,11 +61,16 @@ class Int8Options:
     max_abs: float | None = DEFAULT_MAX_ABS
     stretch: bool = True         # gate on the released inference's min/max-stretched output
     extra_exclude: tuple[str, ...] = field(default_factory=tuple)
+    # Convs whose weight tensor's name ends with one of these stay float (the network says which, see
+    # ``LiteFusionNet.INT8_FLOAT_WEIGHTS``): node names change across exports, parameter names do not.
+    float_weights: tuple[str, ...] = field(default_factory=tuple)
 
     def tag(self) -> str:
         """What shapes the quantised file (not the gate bounds: a record is re-judged against new ones)."""
         ops = "+".join(sorted(self.op_types)).lower()
-        excl = f"-x{len(self.extra_exclude)}" if self.extra_exclude else ""
+        # which nodes, not how many: two exclusion lists of one length are two different models
+        kept = sorted(self.extra_exclude) + [f"w:{w}" for w in sorted(self.float_weights)]
+        excl = f"-x{len(kept)}-" + hashlib.sha256("\n".join(kept).encode()).hexdigest()[:8] if kept else ""
         return f"{QUANT_VERSION}-{ops}-c{self.calib_count}-g{self.gate_count}{excl}"
 
 
@@ -86,6 +92,14 @@ def fragile_nodes(model) -> list[str]:
     return names
 
 
+def float_weight_convs(model, weight_suffixes: Sequence[str]) -> list[str]:
+    """Names of the Conv nodes whose weight initializer's name ends with one of ``weight_suffixes``."""
+    if not weight_suffixes:
+        return []
+    return [node.name for node in model.graph.node if node.op_type == "Conv" and len(node.input) > 1
+            and node.input[1].endswith(tuple(weight_suffixes))]
+
+
 def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
                   feeds: Callable[[], object], opts: Int8Options = Int8Options()) -> Path:
     """Quantise ``fp32_path`` to a QDQ model at ``out_path``; ``feeds()`` returns a CalibrationDataReader."""
@@ -98,7 +112,9 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
     try:
         # Shape inference + ORT's own graph clean-up first, as onnxruntime recommends for quantisation.
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-        exclude = sorted(set(fragile_nodes(onnx.load(str(pre)))) | set(opts.extra_exclude))
+        graph = onnx.load(str(pre))
+        exclude = sorted(set(fragile_nodes(graph)) | set(opts.extra_exclude)
+                         | set(float_weight_convs(graph, opts.float_weights)))
         quantize_static(str(pre), str(out_path), feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(opts.op_types), nodes_to_exclude=exclude)

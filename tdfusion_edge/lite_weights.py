@@ -11,8 +11,6 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-import torch
-
 from .checkpoints import FORMAT_NAME, FORMAT_VERSION, atomic_torch_save, read_torch_file, resolve_weights
 from .errors import CheckpointError
 from .models.config import LiteFusionNetConfig
@@ -20,7 +18,9 @@ from .models.lite import LiteFusionNet
 from .validation.checkpoint import check_state_entries, check_state_shapes, parse_version
 
 MODEL_NAME = "LiteFusionNet"
-_LIMITS = {"width": (4, 256), "factor": (2, 8), "refine": (1, 64)}
+_LIMITS = {"width": (4, 256), "factor": (2, 8), "refine": (1, 64), "refine_hidden": (0, 4)}
+# What a field absent from a file meant when the file was written (before the field existed).
+_LEGACY = {"refine": 8, "refine_hidden": 0, "refine_context": False}
 
 
 def save_lite(model: LiteFusionNet, path: str | os.PathLike, provenance: Mapping[str, object] | None = None) -> Path:
@@ -40,13 +40,17 @@ def save_lite(model: LiteFusionNet, path: str | os.PathLike, provenance: Mapping
 def _config(values: object, path: Path) -> LiteFusionNetConfig:
     if not isinstance(values, Mapping):
         raise CheckpointError(f"{path} has no model config (found {type(values).__name__})")
-    unknown = sorted(str(k) for k in values if k not in _LIMITS)
+    unknown = sorted(str(k) for k in values if k not in _LIMITS and k != "refine_context")
     if unknown:
         raise CheckpointError(f"{path}: unknown LiteFusionNet config field(s) {', '.join(unknown)}")
+    values = {**_LEGACY, **values}
     for key, (lo, hi) in _LIMITS.items():
         v = values.get(key, getattr(LiteFusionNetConfig(), key))
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
             raise CheckpointError(f"{path}: config {key} is {str(v)[:40]!r}, expected an integer in {lo}..{hi}")
+    if not isinstance(values["refine_context"], bool):
+        raise CheckpointError(f"{path}: config refine_context is {str(values['refine_context'])[:40]!r}, "
+                              "expected true or false")
     try:
         return LiteFusionNetConfig.from_dict(dict(values))
     except (TypeError, ValueError) as exc:

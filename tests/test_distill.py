@@ -87,6 +87,7 @@ def test_resume_equals_uninterrupted(workspace):
     (["--data", "pairs/ir", "--out", "o"], "needs ir/ and vi/"),
     (["--data", "pairs", "--out", "o", "--teacher", "missing.pt"], "checkpoint not found"),
     (["--data", "pairs", "--out", "o", "--crop", "4"], "--crop must be at least 16"),
+    (["--data", "pairs", "--out", "o", "--refine-hidden", "9"], "refine_hidden must be 0..4, got 9"),
     (["--resume", "teacher.pt"], "is not a training checkpoint"),
 ])
 def test_bad_input_is_one_line(workspace, args, message):
@@ -94,3 +95,12 @@ def test_bad_input_is_one_line(workspace, args, message):
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "INFO" not in ln and "Warning" not in ln]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+
+
+def test_a_state_from_before_the_refiner_fields_resumes_the_network_it_trained():
+    from tdfusion_edge.train.distill import DistillConfig
+
+    old = DistillConfig.from_dict({"data": ["x"], "width": 32, "factor": 4, "refine": 8})
+    assert (old.refine, old.refine_hidden, old.refine_context) == (8, 0, False)
+    new = DistillConfig.from_dict(DistillConfig(data=["x"]).to_dict())
+    assert (new.refine, new.refine_hidden, new.refine_context) == (16, 1, True)

@@ -64,7 +64,9 @@ class DistillConfig:
     threads: int = 0
     width: int = 32
     factor: int = 4
-    refine: int = 8
+    refine: int = 16
+    refine_hidden: int = 1
+    refine_context: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,6 +74,8 @@ class DistillConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "DistillConfig":
         known = {f.name for f in fields(cls)}
+        # A state written before the refiner fields existed trained the 8-channel two-layer refiner.
+        values = {"refine": 8, "refine_hidden": 0, "refine_context": False, **values}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def check(self) -> None:
@@ -87,6 +91,14 @@ class DistillConfig:
             raise TDFusionError(f"--scales must be in (0.05, 1], got {self.scales}")
         if not self.data:
             raise TDFusionError("give at least one --data folder")
+        try:
+            self.student_config()
+        except ValueError as exc:
+            raise TDFusionError(f"student size: {exc}") from None
+
+    def student_config(self) -> LiteFusionNetConfig:
+        """The size of the network this run trains."""
+        return LiteFusionNetConfig(self.width, self.factor, self.refine, self.refine_hidden, self.refine_context)
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
@@ -130,7 +142,9 @@ def load_teacher(spec: str, threads: int, backend: str = "auto"):
     net = load_weights(None if spec in (None, "default") else spec)
     runner = create_backend(backend, net=net, device="cpu", threads=threads or None)
     path = resolve_weights(spec) if spec not in (None, "default") else resolve_weights("default")
-    return runner.fuse, model_hash(net), f"{type(net).__name__} from {path}"
+    # A built-in model is named, not located: the file's provenance must not carry this machine's paths.
+    where = f"built-in {path.name}" if path.parent == resolve_weights("default").parent else str(path)
+    return runner.fuse, model_hash(net), f"{type(net).__name__} from {where}"
 
 
 def load_generator(spec: str | None):
@@ -162,7 +176,7 @@ class Distiller:
         self._meter: dict[str, list[float]] = {}
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
-        self.student = LiteFusionNet(LiteFusionNetConfig(cfg.width, cfg.factor, cfg.refine))
+        self.student = LiteFusionNet(cfg.student_config())
         self.opt = torch.optim.Adam(self.student.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.steps,
                                                                 eta_min=cfg.lr * cfg.lr_min_ratio)

@@ -41,6 +41,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--width", type=int, default=32, help="student trunk width (default 32)")
+    p.add_argument("--refine", type=int, default=16, help="student full-resolution refiner width (default 16)")
+    p.add_argument("--refine-hidden", type=int, default=1, help="1×1 layers inside the refiner (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=run)
 
@@ -73,7 +75,8 @@ def run(args) -> int:
                             scales=_scales(args.scales), video_frames=args.video_frames, max_pairs=args.max_pairs,
                             val_fraction=args.val_fraction, val_every=args.val_every,
                             checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed,
-                            threads=args.threads, width=args.width)
+                            threads=args.threads, width=args.width,
+                            refine=args.refine, refine_hidden=args.refine_hidden)
     if args.stop_after is not None and args.stop_after < 1:
         raise TDFusionError("--stop-after must be at least 1")
     logging.getLogger("tdfusion_edge.distill").setLevel(logging.INFO)

@@ -51,14 +51,23 @@ class LossGeneratorConfig(NetConfig):
 
 @dataclass(frozen=True)
 class LiteFusionNetConfig(DictConfig):
-    """Size of TDFusion-lite: trunk width at 1/``factor`` resolution and the full-resolution refiner width."""
+    """Size of TDFusion-lite: trunk width at 1/``factor`` resolution and the full-resolution refiner.
+
+    ``refine`` is the refiner's width, ``refine_hidden`` the number of 1×1 layers between its two 3×3
+    convs, ``refine_context`` whether it also sees the upsampled affine coefficients (scene context).
+    Files written before the last two existed are read as ``refine_hidden=0, refine_context=False``.
+    """
 
     width: int = 32
     factor: int = 4
-    refine: int = 8
+    refine: int = 16
+    refine_hidden: int = 1
+    refine_context: bool = True
 
     def __post_init__(self) -> None:
         if self.width < 4 or self.refine < 1:
             raise ValueError("width must be at least 4 and refine at least 1")
         if self.factor not in (2, 4, 8):
             raise ValueError(f"factor must be 2, 4 or 8, got {self.factor}")
+        if not 0 <= self.refine_hidden <= 4:
+            raise ValueError(f"refine_hidden must be 0..4, got {self.refine_hidden}")
