@@ -264,7 +264,7 @@ class OnnxRuntimeInt8Backend(FusionBackend):
             raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)")
         self.net, self.calib, self.cache_dir = net, calib, cache_dir
         self.options = options or Int8Options()
-        keep = tuple(getattr(getattr(net, "net", net), "INT8_FLOAT_WEIGHTS", ()))
+        keep = tuple(getattr(net, "INT8_FLOAT_WEIGHTS", ()))   # the network names what must stay float
         if keep and not self.options.float_weights:
             self.options = dataclasses.replace(self.options, float_weights=keep)
         self.threads = threads or torch.get_num_threads()

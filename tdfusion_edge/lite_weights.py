@@ -6,6 +6,7 @@ shape against a network built on the meta device, finite values) before anything
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 from pathlib import Path
@@ -13,14 +14,12 @@ from typing import Mapping
 
 from .checkpoints import FORMAT_NAME, FORMAT_VERSION, atomic_torch_save, read_torch_file, resolve_weights
 from .errors import CheckpointError
-from .models.config import LiteFusionNetConfig
+from .models.config import LITE_LEGACY_FIELDS, LiteFusionNetConfig
 from .models.lite import LiteFusionNet
 from .validation.checkpoint import check_state_entries, check_state_shapes, parse_version
 
 MODEL_NAME = "LiteFusionNet"
 _LIMITS = {"width": (4, 256), "factor": (2, 8), "refine": (1, 64), "refine_hidden": (0, 4)}
-# What a field absent from a file meant when the file was written (before the field existed).
-_LEGACY = {"refine": 8, "refine_hidden": 0, "refine_context": False}
 
 
 def save_lite(model: LiteFusionNet, path: str | os.PathLike, provenance: Mapping[str, object] | None = None) -> Path:
@@ -40,10 +39,11 @@ def save_lite(model: LiteFusionNet, path: str | os.PathLike, provenance: Mapping
 def _config(values: object, path: Path) -> LiteFusionNetConfig:
     if not isinstance(values, Mapping):
         raise CheckpointError(f"{path} has no model config (found {type(values).__name__})")
-    unknown = sorted(str(k) for k in values if k not in _LIMITS and k != "refine_context")
+    known = {f.name for f in dataclasses.fields(LiteFusionNetConfig)}
+    unknown = sorted(str(k) for k in values if k not in known)
     if unknown:
         raise CheckpointError(f"{path}: unknown LiteFusionNet config field(s) {', '.join(unknown)}")
-    values = {**_LEGACY, **values}
+    values = {**LITE_LEGACY_FIELDS, **values}
     for key, (lo, hi) in _LIMITS.items():
         v = values.get(key, getattr(LiteFusionNetConfig(), key))
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:

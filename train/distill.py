@@ -29,6 +29,7 @@ from tdfusion_edge.kernels import fusion_loss
 from tdfusion_edge.kernels.fusion_loss_reference import sobel_xy
 from tdfusion_edge.lite_weights import save_lite
 from tdfusion_edge.models import LiteFusionNet, LiteFusionNetConfig
+from tdfusion_edge.models.config import LITE_LEGACY_FIELDS
 
 from .distill_data import build_cache, discover
 from .state import capture_rng, load_state, restore_rng, save_state
@@ -74,8 +75,7 @@ class DistillConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "DistillConfig":
         known = {f.name for f in fields(cls)}
-        # A state written before the refiner fields existed trained the 8-channel two-layer refiner.
-        values = {"refine": 8, "refine_hidden": 0, "refine_context": False, **values}
+        values = {**LITE_LEGACY_FIELDS, **values}  # a state from before the refiner fields existed
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def check(self) -> None:
@@ -135,15 +135,15 @@ def git_commit() -> str:
 
 def load_teacher(spec: str, threads: int, backend: str = "auto"):
     """(fuse(ir, vis) → raw output, weight hash, description) of a teacher fusion network."""
-    from tdfusion_edge.checkpoints import resolve_weights
+    from tdfusion_edge.checkpoints import default_weights_path, resolve_weights
     from tdfusion_edge.export.backends import create_backend, load_weights
     from tdfusion_edge.export.engine_cache import model_hash
 
     net = load_weights(None if spec in (None, "default") else spec)
     runner = create_backend(backend, net=net, device="cpu", threads=threads or None)
-    path = resolve_weights(spec) if spec not in (None, "default") else resolve_weights("default")
+    path = resolve_weights(spec or "default")
     # A built-in model is named, not located: the file's provenance must not carry this machine's paths.
-    where = f"built-in {path.name}" if path.parent == resolve_weights("default").parent else str(path)
+    where = f"built-in {path.name}" if path.parent == default_weights_path().parent else str(path)
     return runner.fuse, model_hash(net), f"{type(net).__name__} from {where}"
 
 

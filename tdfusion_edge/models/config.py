@@ -49,13 +49,17 @@ class LossGeneratorConfig(NetConfig):
     """Size of the loss generator G; the defaults are the released one."""
 
 
+# What the refiner fields meant before they existed: the first release's 8-channel two-layer refiner.
+LITE_LEGACY_FIELDS = {"refine": 8, "refine_hidden": 0, "refine_context": False}
+
+
 @dataclass(frozen=True)
 class LiteFusionNetConfig(DictConfig):
     """Size of TDFusion-lite: trunk width at 1/``factor`` resolution and the full-resolution refiner.
 
     ``refine`` is the refiner's width, ``refine_hidden`` the number of 1×1 layers between its two 3×3
     convs, ``refine_context`` whether it also sees the upsampled affine coefficients (scene context).
-    Files written before the last two existed are read as ``refine_hidden=0, refine_context=False``.
+    Files and states written before the last two existed hold the network of ``LITE_LEGACY_FIELDS``.
     """
 
     width: int = 32
